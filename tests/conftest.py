@@ -1,0 +1,28 @@
+"""Test setup: simulate 4 CPU devices before JAX is imported anywhere."""
+
+import os
+
+_flag = "--xla_force_host_platform_device_count=4"
+if _flag not in os.environ.get("XLA_FLAGS", ""):
+  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+REPO = pathlib.Path(__file__).resolve().parents[1]
+SHARED = pathlib.Path(os.environ.get("DAGAN_SHARED", REPO.parent / "shared"))
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> pathlib.Path:
+  if not SHARED.is_dir():
+    pytest.fail(f"shared data folder not found at {SHARED} (set DAGAN_SHARED)")
+  return SHARED
+
+
+@pytest.fixture(scope="session")
+def fixture_dir(shared_dir) -> pathlib.Path:
+  return pathlib.Path(os.environ.get(
+      "DAGAN_PARITY_FIXTURE", shared_dir / "fixtures" / "small"))
