@@ -112,10 +112,11 @@ _MODEL_FLAGS = {"akd": "--landmark-model", "aed": "--identity-model",
 
 def _as_float_frames(x, what: str) -> np.ndarray:
   x = np.asarray(x)
+  shape = x.shape
   if x.ndim == 3:
     x = x[None]
   if x.ndim != 4 or x.shape[-1] != 3:
-    raise DataError(f"{what}: expected frames (T, H, W, 3) or (H, W, 3), got shape {x.shape}")
+    raise DataError(f"{what}: expected frames (T, H, W, 3) or (H, W, 3), got shape {shape}")
   if x.dtype == np.uint8:
     return x.astype(np.float32) / 255.0
   if not np.issubdtype(x.dtype, np.floating):
@@ -418,8 +419,9 @@ def evaluate_pairs(
   ``None`` for the whole video), paths resolved under ``root`` with
   :func:`pairs.resolve_video`.  Same identity (``cross_identity=False``): the
   driving frames are the ground truth, default :data:`SAME_ID_METRICS`.
-  Cross identity: no ground truth, default :data:`CROSS_ID_METRICS` (see the
-  module docstring for what is compared with what).  Each row is one entry of
+  Cross identity: no ground truth; by default :data:`CROSS_ID_METRICS` are
+  computed and every other metric is listed in ``skipped`` with the reason
+  (see the module docstring for what is compared with what).  Each row is one entry of
   ``per_video`` (keyed ``"<row>:<source>[i]<-<driving>[j]"``).
   """
   if isinstance(pairs, (str, os.PathLike)):
@@ -433,7 +435,8 @@ def evaluate_pairs(
     applicable = {m: no_gt for m in GT_METRICS}
     applicable["aed"] = ("not meaningful across identities: the output should keep "
                          "the source identity, not the driving one (see csim)")
-    default, protocol = CROSS_ID_METRICS, "cross-id"
+    # Plan over every metric so that the report says why the others are absent.
+    default, protocol = ALL_METRICS, "cross-id"
   else:
     applicable, default, protocol = {}, SAME_ID_METRICS, "pairs"
   run, skipped = _plan(metrics, default, applicable, lm, im)

@@ -152,9 +152,11 @@ def _resolve(spec, kind: str, loaders: dict[str, Loader],
     raise ConfigError(f"{kind} model spec must be a non-empty string or a callable, got {spec!r}")
   if spec in builtins:
     return builtins[spec](), spec
-  looks_like_path = (os.sep in spec or spec.startswith(".")
-                     or os.path.splitext(spec)[1].lower() in loaders)
-  if looks_like_path and ":" not in spec.split(os.sep)[0]:
+  if ":" not in spec.split(os.sep)[0]:  # no 'module:factory' part: a weight file
+    forms = "a weight file, 'package.module:factory[@weights]'" + "".join(
+        f" or {b!r}" for b in builtins)
+    if not os.path.isfile(os.path.expanduser(spec)):
+      raise ModelFileError(f"{kind} model file not found: {spec} (a spec is {forms})")
     path = _check_file(spec, kind)
     suffix = os.path.splitext(path)[1].lower()
     if suffix not in loaders:
