@@ -1,0 +1,177 @@
+"""``dagan-jax data check``: validate a dataset before a long run.
+
+For each split it lists the split folder, re-reads every clip's header and
+frame count (refreshing the clip-index cache, so that training starts fast
+afterwards), checks them against what training needs (at least
+``min_frames`` frames, ``frame_shape`` unless ``resize_frames``, 8-bit RGB),
+and decodes ``num_sample_frames`` frames of every clip (first, last, and
+evenly spaced ones between; the last frame catches truncated videos whose
+header promises more frames than they hold), checking each decoded frame as
+the training pipeline does. The report counts clips, persons and frames and
+lists every bad file by name with what is wrong. A missing or empty split
+folder counts as a bad entry.
+
+:func:`contact_sheet` draws sampled training pairs after augmentation.
+"""
+
+from __future__ import annotations
+
+import collections
+import concurrent.futures
+import dataclasses
+import os
+from typing import Any, Sequence
+
+import numpy as np
+
+from dagan_jax.errors import DataError
+from dagan_jax.input import clips as clips_lib
+from dagan_jax.input.samplers import FileFrameReader
+
+
+@dataclasses.dataclass
+class SplitReport:
+  """What :func:`check_dataset` found in one split."""
+  split: str
+  clips: int = 0
+  persons: int = 0
+  frames: int = 0
+  kinds: dict[str, int] = dataclasses.field(default_factory=dict)
+  sizes: dict[str, int] = dataclasses.field(default_factory=dict)
+  bad: list[clips_lib.BadClip] = dataclasses.field(default_factory=list)
+  seconds: float = 0.0
+
+
+@dataclasses.dataclass
+class CheckReport:
+  root: str
+  layout: str
+  frame_shape: tuple[int, int, int]
+  resize: bool
+  splits: list[SplitReport]
+
+  @property
+  def bad(self) -> list[clips_lib.BadClip]:
+    return [b for s in self.splits for b in s.bad]
+
+  @property
+  def ok(self) -> bool:
+    return not self.bad
+
+  def format(self) -> str:
+    h, w, c = self.frame_shape
+    lines = [f"dataset {self.root} (layout {self.layout}, frame shape "
+             f"{h}x{w}x{c}{', resized to fit' if self.resize else ''})"]
+    for s in self.splits:
+      kinds = ", ".join(f"{n} {k}" for k, n in sorted(s.kinds.items()))
+      sizes = ", ".join(f"{k} ({n})" for k, n in sorted(s.sizes.items()))
+      lines.append(f"  {s.split}: {s.clips} clips, {s.persons} persons, "
+                   f"{s.frames} frames" + (f" [{kinds}]" if kinds else "")
+                   + (f"; sizes {sizes}" if sizes else "")
+                   + f"; {len(s.bad)} bad; {s.seconds:.1f} s")
+    bad = self.bad
+    if bad:
+      lines.append(f"bad files ({len(bad)}):")
+      lines.append(clips_lib.format_bad(bad, limit=len(bad)))
+      lines.append(f"FAILED: {len(bad)} bad file(s)")
+    else:
+      lines.append("OK: no bad files")
+    return "\n".join(lines)
+
+
+def sample_indices(n: int, k: int) -> list[int]:
+  """``k`` frame indices of ``n``: first, last, evenly spaced between."""
+  if n <= 0 or k <= 0:
+    return []
+  if k == 1:
+    return [n - 1]
+  return sorted({int(round(x)) for x in np.linspace(0, n - 1, k)})
+
+
+def check_dataset(root: str | os.PathLike, layout: str = "vox", *,
+                  splits: Sequence[str] = ("train", "test"),
+                  frame_shape: Sequence[int] | None = None,
+                  resize: bool = False, num_sample_frames: int = 3,
+                  min_frames: int = 2,
+                  cache_dir: str | os.PathLike | None = None,
+                  threads: int = 4) -> CheckReport:
+  """Checks ``root`` (see the module docstring). Raises :class:`DataError`
+  only if ``root`` itself is missing."""
+  import time  # pylint: disable=import-outside-toplevel
+  if not os.path.isdir(root):
+    raise DataError(f"dataset root {root} does not exist or is not a folder")
+  shape = tuple(frame_shape or clips_lib.DEFAULT_FRAME_SHAPE[layout])
+  report = CheckReport(str(root), layout, shape, resize, [])
+  for split in splits:
+    t0 = time.perf_counter()
+    sr = SplitReport(split)
+    report.splits.append(sr)
+    try:
+      index = clips_lib.scan_split(root, split, layout, cache_dir=cache_dir,
+                                   use_cache=False, threads=threads)
+    except DataError as e:
+      sr.bad.append(clips_lib.BadClip(os.path.join(str(root), split), str(e)))
+      sr.seconds = time.perf_counter() - t0
+      continue
+    sel = index.select(min_frames=min_frames,
+                       frame_hw=None if resize else shape[:2])
+    reader = FileFrameReader(index.split_dir, sel.clips, shape[:2],
+                             resize=resize, frame_width=index.frame_width)
+
+    def decode(cid: int) -> str | None:
+      try:
+        reader.read(cid, sample_indices(sel.clips[cid].num_frames,
+                                        num_sample_frames))
+      except DataError as e:
+        return str(e)
+      return None
+
+    with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:
+      errors = list(pool.map(decode, range(len(sel.clips))))
+    good = []
+    sr.bad.extend(sel.bad)
+    for cid, err in enumerate(errors):
+      if err:
+        sr.bad.append(clips_lib.BadClip(sel.path(cid), err))
+      else:
+        good.append(sel.clips[cid])
+    sr.clips = len(good)
+    sr.persons = len({c.person for c in good})
+    sr.frames = sum(c.num_frames for c in good)
+    sr.kinds = dict(collections.Counter(c.kind for c in good))
+    sr.sizes = dict(collections.Counter(f"{c.height}x{c.width}" for c in good))
+    sr.seconds = time.perf_counter() - t0
+  return report
+
+
+def contact_sheet(path: str | os.PathLike, dataset_params: Any, *,
+                  split: str = "train", num_pairs: int = 8, seed: int = 0,
+                  tile: int = 128) -> np.ndarray:
+  """Writes a PNG of ``num_pairs`` augmented training pairs (column ``i``:
+  source above driving) and returns the image ``(H, W, 3)`` uint8.
+
+  Bad clips are skipped (``skip_bad``) so that a sheet can be drawn from a
+  dataset that still has problems.
+  """
+  from PIL import Image, ImageDraw  # pylint: disable=import-outside-toplevel
+  from dagan_jax.input import pipeline  # pylint: disable=import-outside-toplevel
+  ds = pipeline.make_pair_dataset(
+      dataset_params, split=split, seed=seed, batch_size=num_pairs,
+      num_repeats=1, skip_bad=True, process_index=0, process_count=1,
+      read_threads=1)
+  batch = next(iter(ds))
+  margin = 56
+  h, w = batch["source"].shape[1:3]
+  th, tw = (tile, max(1, round(tile * w / h))) if h >= w else (max(1, round(tile * h / w)), tile)
+  sheet = Image.new("RGB", (margin + num_pairs * (tw + 2), 2 * (th + 2)),
+                    (255, 255, 255))
+  draw = ImageDraw.Draw(sheet)
+  for row, key in enumerate(("source", "driving")):
+    draw.text((4, row * (th + 2) + th // 2 - 5), key, fill=(0, 0, 0))
+    for i in range(num_pairs):
+      img = Image.fromarray((np.clip(batch[key][i], 0, 1) * 255 + 0.5).astype(np.uint8))
+      sheet.paste(img.resize((tw, th), Image.BILINEAR),
+                  (margin + i * (tw + 2), row * (th + 2)))
+  os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+  sheet.save(path)
+  return np.asarray(sheet)
