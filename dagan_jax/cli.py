@@ -17,7 +17,9 @@ from dagan_jax import __version__
 from dagan_jax.errors import DaganError
 
 # name -> (module, one-line help).  The module is imported lazily.
-COMMANDS: dict[str, tuple[str, str]] = {}
+COMMANDS: dict[str, tuple[str, str]] = {
+    "data": ("dagan_jax.input.cli_data", "Validate a dataset before a long run (data check)."),
+}
 
 
 def _command_module(name: str):
