@@ -264,4 +264,4 @@ def init_random(key: jax.Array, arch: Arch = "vgg19",
                 image_size: Sequence[int] = (32, 32)) -> dict[str, Any]:
   """Random variables ``{'params': ...}`` (tests; no pretrained file)."""
   x = jnp.zeros((1, *image_size, 3), jnp.float32)
-  return VGGFeatures(arch=arch).init(key, x)
+  return jax.jit(VGGFeatures(arch=arch).init)(key, x)
