@@ -79,7 +79,7 @@ class Augmenter:
         raise ConfigError(
             f"dataset_params.augmentation_params.jitter_param.{k} is {v}; "
             f"expected {'0 <= hue <= 0.5' if k == 'hue' else 'a value >= 0'}")
-    self.has_jitter = self.jitter_enabled = any(v > 0 for v in self.jitter.values())
+    self.has_jitter = any(v > 0 for v in self.jitter.values())
 
   def __repr__(self) -> str:
     return (f"Augmenter(time_flip={self.time_flip}, "

@@ -90,18 +90,27 @@ class BadClip(NamedTuple):
   reason: str
 
 
+def _vox_person(name: str) -> str:
+  return name.partition("#")[0]
+
+
+_HDTF_TAIL = re.compile(r"(_\d+)?(\.[A-Za-z0-9]+)?$")
+
+
+def _hdtf_person(name: str) -> str:
+  return _HDTF_TAIL.sub("", name, count=1)
+
+
+_PERSON_FNS = {"vox": _vox_person, "hdtf": _hdtf_person}
+
+
 def person_of(name: str, layout: str) -> str:
   """The identity key of a clip name (see the module docstring)."""
-  if layout == "vox":
-    return name.split("#", 1)[0]
-  if layout == "hdtf":
-    stem = name
-    for ext in media.VIDEO_EXTS + media.IMAGE_EXTS + media.GIF_EXTS:
-      if stem.lower().endswith(ext):
-        stem = stem[:-len(ext)]
-        break
-    return re.sub(r"_\d+$", "", stem)
-  raise ConfigError(f"dataset layout {layout!r}; expected one of {LAYOUTS}")
+  try:
+    return _PERSON_FNS[layout](name)
+  except KeyError:
+    raise ConfigError(f"dataset layout {layout!r}; expected one of "
+                      f"{LAYOUTS}") from None
 
 
 def default_cache_dir() -> pathlib.Path:
@@ -324,13 +333,14 @@ def scan_split(root: str | os.PathLike, split: str, layout: str = "vox", *,
     _write_cache(cfile, sdir, frame_width, rows)
 
   clips, bad = [], []
+  person = _PERSON_FNS[layout]
+  make = ClipInfo._make
   for name in sorted(rows):
     kind, n, h, w, fps, mode, _, _, err = rows[name]
     if err:
       bad.append(BadClip(os.path.join(sdir, name), err))
     else:
-      clips.append(ClipInfo(name, person_of(name, layout), kind, n, h, w, fps,
-                            mode))
+      clips.append(make((name, person(name), kind, n, h, w, fps, mode)))
   stats = {"cached": len(rows) - len(to_probe), "probed": len(to_probe),
            "seconds": time.perf_counter() - t0, "cache_file": str(cfile)}
   return ClipIndex(sdir, layout, clips, bad, stats, frame_width)
@@ -350,13 +360,9 @@ def group_clips(clips: Sequence[ClipInfo], id_sampling: bool) -> list[list[int]]
 def format_bad(bad: Iterable[BadClip], limit: int = 20) -> str:
   """Bad clips as lines ``path: reason`` (at most ``limit``, then a count)."""
   bad = list(bad)
-  lines = [f"  {b.path}: {_strip_path(b.reason, b.path)}" for b in bad[:limit]]
+  lines = [f"  {b.reason}" if b.reason.startswith(b.path) else
+           f"  {b.path}: {b.reason}" for b in bad[:limit]]
   if len(bad) > limit:
     lines.append(f"  ... and {len(bad) - limit} more")
   return "\n".join(lines)
 
-
-def _strip_path(reason: str, path: str) -> str:
-  """Drops a leading ``path: `` from a reason already shown after the path."""
-  prefix = f"{path}: "
-  return reason[len(prefix):] if reason.startswith(prefix) else reason

@@ -26,6 +26,9 @@ Training (``make_pair_dataset``, ``make_depth_dataset``)::
   ``DatasetRepeater``: FOMM's epoch has ``num_repeats * len(groups)`` records.
 * Workers are spawned processes: everything they run lives in
   :mod:`dagan_jax.input.samplers` and friends, which do not import jax.
+  Grain reads absl flags when it starts them; if nothing has parsed flags
+  (no ``absl.app.run``), their defaults are taken. An iterator state resumes
+  an iterator with the same ``num_workers``.
 
 Dataset parameters read (``dataset_params``, a ConfigDict or dict):
 ``root_dir``, ``frame_shape``, ``id_sampling``, ``augmentation_params`` (the
@@ -225,6 +228,14 @@ def build_record_dataset(dataset_params: Any, *, kind: str = "pair",
   return ds.random_map(sampler)
 
 
+def _absl_flags_ready() -> None:
+  """Grain's worker pool reads absl flags; outside ``absl.app.run`` nobody has
+  parsed them, so take their defaults (argv is left alone)."""
+  from absl import flags  # pylint: disable=import-outside-toplevel
+  if not flags.FLAGS.is_parsed():
+    flags.FLAGS.mark_as_parsed()
+
+
 def _finish(ds: grain.MapDataset, batch_size: int, num_workers: int,
             read_threads: int | None, drop_remainder: bool) -> grain.IterDataset:
   if batch_size < 1:
@@ -236,6 +247,7 @@ def _finish(ds: grain.MapDataset, batch_size: int, num_workers: int,
   it = ds.to_iter_dataset(grain.ReadOptions(num_threads=threads,
                                             prefetch_buffer_size=max(2, 2 * threads)))
   if num_workers > 0:
+    _absl_flags_ready()
     it = it.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers,
                                                      per_worker_buffer_size=2))
   return it
@@ -317,11 +329,9 @@ class LazyClip:
     return self.info.num_frames
 
   def __iter__(self) -> Iterator[np.ndarray]:
-    n = 0
     for _, f in media.iter_native_frames(self.path, None, kind=self.info.kind,
                                          frame_width=self._frame_width,
                                          num_frames=self.info.num_frames):
-      n += 1
       yield media.to_float_rgb(f, self.path)
 
   def read(self, indices: Sequence[int]) -> np.ndarray:
@@ -380,7 +390,3 @@ def dataset_params_for(root: str | os.PathLike, layout: str = "vox", **overrides
   params.update(overrides)
   return params
 
-
-def summarize_skipped(batches: Sequence[Mapping[str, np.ndarray]]) -> int:
-  """Total ``skipped`` over batches (what a trainer reports)."""
-  return int(sum(int(np.sum(b["skipped"])) for b in batches))

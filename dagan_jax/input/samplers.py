@@ -124,7 +124,7 @@ class FileFrameReader:
       return [cache[i] for i in indices]
     frames = media.read_native_frames(path, indices, kind=clip.kind,
                                       frame_width=self.frame_width)
-    return [check_frame(f, f"frame {i} of {path}", self.frame_hw, self.resize)
+    return [check_frame(f, f"{path} frame {i}", self.frame_hw, self.resize)
             for i, f in zip(indices, frames)]
 
 

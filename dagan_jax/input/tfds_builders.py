@@ -161,7 +161,7 @@ def _encode_clip(path: str, clip: clips_lib.ClipInfo, fmt: str,
       out.append(data)
   else:
     for i, frame in media.iter_native_frames(path, None, kind=clip.kind):
-      frame = check_frame(frame, f"frame {i} of {path}", hw)
+      frame = check_frame(frame, f"{path} frame {i}", hw)
       hw = hw or frame.shape[:2]
       bgr = np.ascontiguousarray(frame[..., ::-1])
       if fmt == "jpeg":
@@ -169,7 +169,7 @@ def _encode_clip(path: str, clip: clips_lib.ClipInfo, fmt: str,
       else:
         ok, buf = cv2.imencode(".png", bgr)
       if not ok:
-        raise DataError(f"frame {i} of {path}: cannot encode as {fmt}")
+        raise DataError(f"{path} frame {i}: cannot encode as {fmt}")
       out.append(buf.tobytes())
   if len(out) != clip.num_frames:
     raise DataError(f"{path}: decoded {len(out)} frames; the header says "
