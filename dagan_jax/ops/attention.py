@@ -163,7 +163,7 @@ def _forward_blocks(qb: jax.Array, kb: jax.Array, vb: jax.Array,
       step = jax.checkpoint(step)
     init = (jnp.full((b, bq), -jnp.inf, qi.dtype),
             jnp.zeros((b, bq), qi.dtype),
-            jnp.zeros((b, bq, c), jnp.result_type(qi.dtype, vb.dtype)))
+            jnp.zeros((b, bq, c), qi.dtype))
     (m_run, l_run, acc), _ = jax.lax.scan(step, init, (kb, vb, valid))
     return acc / l_run[..., None], m_run + jnp.log(l_run)
 
@@ -250,12 +250,16 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
   _check_shapes(q, k, v)
   n, m = q.shape[1], k.shape[1]
   bq, bk = _block_sizes(block_size, n, m)
+  # Accumulate in at least float32 (bfloat16 inputs are upcast; O(N) copies).
+  out_dtype = jnp.result_type(q.dtype, k.dtype, v.dtype)
+  acc_dtype = jnp.promote_types(out_dtype, jnp.float32)
+  q, k, v = (x.astype(acc_dtype) for x in (q, k, v))
   if checkpoint:
     out_b, _ = _forward_blocks(_to_blocks(q, bq), _to_blocks(k, bk),
                                _to_blocks(v, bk), _key_valid(m, bk), scale,
                                precision, checkpoint=True)
-    return _from_blocks(out_b, n)
-  return _flash(q, k, v, float(scale), bq, bk, precision)
+    return _from_blocks(out_b, n).astype(out_dtype)
+  return _flash(q, k, v, float(scale), bq, bk, precision).astype(out_dtype)
 
 
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,

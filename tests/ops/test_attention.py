@@ -159,3 +159,15 @@ def test_compiled_memory_linear_vs_quadratic():
   # The naive backward keeps the full (N, N) float32 probability matrix.
   assert mem["naive", 4096] >= 4096 * 4096 * 4
   assert mem["blockwise", 4096] < 4096 * 4096 * 4 / 10
+
+
+def test_bfloat16_inputs_accumulate_in_float32():
+  """bf16 in, bf16 out, but the streaming sums are float32: the result is
+  the float32 attention of the bf16-rounded inputs, rounded once."""
+  rng = np.random.default_rng(5)
+  q, k, v, _ = _inputs(rng, b=1, n=130, m=300, d=8, c=8, dtype=np.float32)
+  q16, k16, v16 = (jnp.asarray(x, jnp.bfloat16) for x in (q, k, v))
+  ref = att.naive_attention(*(x.astype(jnp.float32) for x in (q16, k16, v16)))
+  out = att.attention(q16, k16, v16, implementation="blockwise", block_size=32)
+  assert out.dtype == jnp.bfloat16
+  np.testing.assert_allclose(out.astype(jnp.float32), ref, atol=1e-2)
