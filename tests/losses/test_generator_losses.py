@@ -202,11 +202,13 @@ def test_equivariance_matches_official_formula():
     kp_d, kp_t = _random_kp(rng), _random_kp(rng)
     got = G.equivariance_losses(kp_d, kp_t, params)
     warped = np.asarray(ops.warp_coordinates(params, jnp.asarray(kp_t["value"])))
-    # J_T by autodiff of the warp itself (independent of ops.tps_jacobian).
-    j_tps = np.asarray(jax.vmap(jax.vmap(
-        lambda p, c: jax.jacfwd(lambda c: ops.warp_coordinates(
-            p, c[None, None])[0, 0])(c), in_axes=(None, 0)),
-        in_axes=(0, 0))(params, jnp.asarray(kp_t["value"])))
+    # J_T by autodiff of the warp itself (independent of ops.tps_jacobian):
+    # the full (B, K, 2, B, K, 2) Jacobian, keeping each point's own block.
+    full = np.asarray(jax.jacfwd(lambda c: ops.warp_coordinates(params, c))(
+        jnp.asarray(kp_t["value"])))
+    b, k = kp_t["value"].shape[:2]
+    j_tps = np.stack([np.stack([full[i, j, :, i, j, :] for j in range(k)])
+                      for i in range(b)])  # (B, K, 2, 2): d out_r / d in_c
   value = torch.abs(_t(kp_d["value"]) - _t(warped)).mean()
   jac_t = torch.matmul(_t(j_tps), _t(kp_t["jacobian"]))
   m = torch.matmul(torch.inverse(_t(kp_d["jacobian"])), jac_t)
