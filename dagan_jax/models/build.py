@@ -1,0 +1,310 @@
+"""Build DaGAN's networks from a config and run them as pure functions.
+
+``build_models(config)`` reads ``config.model_params`` the way the official
+``run.py`` / ``demo.py`` do:
+
+* ``kp_detector = KPDetector(**kp_detector_params, **common_params)`` with
+  ``num_channels + 1`` inputs when ``kp_detector_params.use_depth`` (RGB +
+  depth, official ``--rgbd``);
+* ``generator = <generator_type>(**generator_params, **common_params)``;
+* ``discriminator = MultiScaleDiscriminator(**discriminator_params,
+  **common_params)``;
+* the depth network: ``ResnetEncoder(depth_params.num_layers)`` and
+  ``DepthDecoder(scales=depth_params.scales)``;
+* optionally (``with_pose=True``) Face-Depth-Network's pose encoder/decoder.
+
+Variables are kept per network: ``variables[name] = {'params': ...,
+'batch_stats': ...}`` with ``name`` one of :data:`NETWORKS` (a network
+without state has only ``'params'``). Every function here is pure and
+jittable (close over ``models``): eval mode unless noted; pass
+``mutable=['batch_stats']`` through ``module.apply`` yourself for training.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, Mapping
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from dagan_jax.errors import ConfigError
+from dagan_jax.models.depth import DepthDecoder, ResnetEncoder, num_ch_enc
+from dagan_jax.models.discriminator import MultiScaleDiscriminator
+from dagan_jax.models.generator import GENERATORS
+from dagan_jax.models.keypoint_detector import KPDetector
+from dagan_jax.models.pose import PoseDecoder, PoseEncoder
+
+Array = jax.Array
+Variables = dict[str, Any]
+
+#: Networks of a DaGAN checkpoint, in a fixed order.
+NETWORKS = ("depth_encoder", "depth_decoder", "kp_detector", "generator",
+            "discriminator")
+#: Optional networks (depth training only).
+POSE_NETWORKS = ("pose_encoder", "pose_decoder")
+
+#: Generator classes by ``model_params.generator_type``; DaGAN++ registers its
+#: own here.
+GENERATOR_REGISTRY: dict[str, type[nn.Module]] = dict(GENERATORS)
+
+_KP_KEYS = {"block_expansion", "num_kp", "num_channels", "max_features",
+            "num_blocks", "temperature", "estimate_jacobian", "scale_factor",
+            "single_jacobian_map", "pad"}
+_GEN_KEYS = {"num_channels", "num_kp", "block_expansion", "max_features",
+             "num_down_blocks", "num_bottleneck_blocks", "estimate_occlusion_map",
+             "dense_motion_params", "estimate_jacobian"}
+_DM_KEYS = {"block_expansion", "num_blocks", "max_features", "scale_factor",
+            "kp_variance"}
+_DISC_KEYS = {"scales", "num_channels", "block_expansion", "num_blocks",
+              "max_features", "sn", "use_kp", "num_kp", "kp_variance"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Models:
+  """The linen modules of one DaGAN model (no parameters inside).
+
+  Attributes:
+    depth_encoder, depth_decoder: the face depth network.
+    kp_detector: keypoint detector (sees RGB + depth when ``use_depth``).
+    generator: DepthAwareGenerator / SPADEDepthAwareGenerator.
+    discriminator: MultiScaleDiscriminator.
+    pose_encoder, pose_decoder: Face-Depth-Network pose net, or None.
+    use_depth: the detector input is ``cat(RGB, disp0)``.
+    frame_shape: ``(H, W, C)`` of the frames (``dataset_params.frame_shape``).
+  """
+  depth_encoder: ResnetEncoder
+  depth_decoder: DepthDecoder
+  kp_detector: KPDetector
+  generator: nn.Module
+  discriminator: MultiScaleDiscriminator
+  pose_encoder: PoseEncoder | None = None
+  pose_decoder: PoseDecoder | None = None
+  use_depth: bool = True
+  frame_shape: tuple[int, int, int] = (256, 256, 3)
+
+  def networks(self) -> dict[str, nn.Module]:
+    """Name -> module of every network built (pose nets only if present)."""
+    out = {name: getattr(self, name) for name in NETWORKS}
+    for name in POSE_NETWORKS:
+      if getattr(self, name) is not None:
+        out[name] = getattr(self, name)
+    return out
+
+
+def _plain(d: Any) -> dict[str, Any]:
+  if d is None:
+    return {}
+  return d.to_dict() if hasattr(d, "to_dict") else dict(d)
+
+
+def _check_keys(section: str, d: Mapping[str, Any], allowed: set[str]) -> None:
+  unknown = sorted(set(d) - allowed)
+  if unknown:
+    raise ConfigError(
+        f"{section}: unknown key(s) {unknown}; the network accepts "
+        f"{sorted(allowed)}")
+
+
+def build_models(config: Any, *, with_pose: bool = False,
+                 axis_name: str | None = None,
+                 attention_implementation: str = "auto") -> Models:
+  """Builds every network of ``config`` (a DaGAN config, see ``config.py``).
+
+  Args:
+    config: ConfigDict (or dict) with ``model_params`` and ``dataset_params``.
+    with_pose: also build the pose encoder/decoder (depth training).
+    axis_name: data-parallel axis for synchronised BatchNorm, or None.
+    attention_implementation: of the generator's depth-aware attention
+      (see :func:`dagan_jax.ops.attention.attention`).
+  Raises:
+    ConfigError: unknown generator type or section keys, bad depth layers.
+  """
+  mp = config["model_params"]
+  common = _plain(mp["common_params"])
+  kp_params = _plain(mp["kp_detector_params"])
+  gen_params = _plain(mp["generator_params"])
+  disc_params = _plain(mp["discriminator_params"])
+  depth_params = _plain(mp.get("depth_params", {}))
+  use_depth = bool(kp_params.pop("use_depth", True))
+  gen_type = mp.get("generator_type", "DepthAwareGenerator")
+  if gen_type not in GENERATOR_REGISTRY:
+    raise ConfigError(
+        f"model_params.generator_type is {gen_type!r}; this build knows "
+        f"{sorted(GENERATOR_REGISTRY)}")
+  num_layers = int(depth_params.get("num_layers", 18))
+  if num_layers not in (18, 50):
+    raise ConfigError(f"model_params.depth_params.num_layers is {num_layers!r}; "
+                      "expected 18 or 50")
+  scales = tuple(int(s) for s in depth_params.get("scales", (0, 1, 2, 3)))
+
+  kp_args = {**kp_params, **common}
+  kp_args["num_channels"] = int(common["num_channels"]) + (1 if use_depth else 0)
+  _check_keys("model_params.kp_detector_params", kp_args, _KP_KEYS)
+  kp_detector = KPDetector(axis_name=axis_name, **kp_args)
+
+  gen_args = {**gen_params, **common}
+  _check_keys("model_params.generator_params", gen_args, _GEN_KEYS)
+  dm = gen_args.get("dense_motion_params")
+  if dm is not None:
+    dm = _plain(dm)
+    _check_keys("model_params.generator_params.dense_motion_params", dm, _DM_KEYS)
+    gen_args["dense_motion_params"] = dm
+  generator = GENERATOR_REGISTRY[gen_type](
+      axis_name=axis_name, attention_implementation=attention_implementation,
+      **gen_args)
+
+  disc_args = {**disc_params, **common}
+  disc_args.pop("estimate_jacobian", None)
+  _check_keys("model_params.discriminator_params", disc_args, _DISC_KEYS)
+  disc_args["scales"] = tuple(disc_args.get("scales", (1,)))
+  discriminator = MultiScaleDiscriminator(**disc_args)
+
+  frame_shape = tuple(int(v) for v in config["dataset_params"]["frame_shape"])
+  pose_encoder = pose_decoder = None
+  if with_pose:
+    pose_encoder = PoseEncoder(num_layers)
+    pose_decoder = PoseDecoder(num_ch_enc(num_layers), 1, 2,
+                               image_size=frame_shape[:2])
+  return Models(
+      depth_encoder=ResnetEncoder(num_layers),
+      depth_decoder=DepthDecoder(num_ch_enc(num_layers), scales),
+      kp_detector=kp_detector, generator=generator,
+      discriminator=discriminator, pose_encoder=pose_encoder,
+      pose_decoder=pose_decoder, use_depth=use_depth,
+      frame_shape=frame_shape)  # type: ignore[arg-type]
+
+
+# --------------------------------------------------------------------------
+# Dummy inputs and initialisation
+
+def _pyramid_size(size: int, scale: float) -> int:
+  """Spatial size of the anti-aliased pyramid level ``scale`` (stride 1/scale)."""
+  if scale == 1:
+    return size
+  return -(-size // int(1 / scale))
+
+
+def example_inputs(models: Models, batch: int = 1) -> dict[str, tuple]:
+  """Positional example inputs of every network (zeros, identity Jacobians)."""
+  h, w, c = models.frame_shape
+  k = models.kp_detector.num_kp
+  img = jnp.zeros((batch, h, w, c), jnp.float32)
+  disp = jnp.zeros((batch, h, w, 1), jnp.float32)
+  kp = {"value": jnp.zeros((batch, k, 2), jnp.float32),
+        "jacobian": jnp.broadcast_to(jnp.eye(2, dtype=jnp.float32),
+                                     (batch, k, 2, 2))}
+  kp_in = jnp.zeros((batch, h, w, models.kp_detector.num_channels), jnp.float32)
+  feats = [jnp.zeros((batch, -(-h // 2 ** (i + 1)), -(-w // 2 ** (i + 1)), ch),
+                     jnp.float32)
+           for i, ch in enumerate(models.depth_decoder.num_ch_enc)]
+  pyramid = {f"prediction_{s}": jnp.zeros(
+      (batch, _pyramid_size(h, s), _pyramid_size(w, s), c), jnp.float32)
+      for s in models.discriminator.scales}
+  inputs = {
+      "depth_encoder": (img,),
+      "depth_decoder": (feats,),
+      "kp_detector": (kp_in,),
+      "generator": (img, kp, kp, disp),
+      "discriminator": (pyramid, kp),
+  }
+  if models.pose_encoder is not None:
+    pose_feats = [jnp.zeros((batch, -(-h // 2 ** (i + 1)), -(-w // 2 ** (i + 1)), ch),
+                            jnp.float32)
+                  for i, ch in enumerate(models.pose_decoder.num_ch_enc)]
+    inputs["pose_encoder"] = (jnp.zeros((batch, h, w, 6), jnp.float32),)
+    inputs["pose_decoder"] = ([pose_feats],)
+  return inputs
+
+
+def init_variables(models: Models, key: jax.Array, config: Any = None,
+                   names: tuple[str, ...] | None = None) -> dict[str, Variables]:
+  """Random variables of every network (PyTorch's default init).
+
+  ``config`` is accepted for symmetry with :func:`build_models` (the modules
+  already hold everything). Returns ``{name: {'params', 'batch_stats'?}}``.
+  """
+  del config
+  nets = models.networks()
+  names = tuple(nets) if names is None else names
+  inputs = example_inputs(models)
+  keys = jax.random.split(key, len(names))
+  out = {}
+  for k, name in zip(keys, names):
+    init = jax.jit(nets[name].init)
+    out[name] = dict(init({"params": k}, *inputs[name]))
+  return out
+
+
+def abstract_variables(models: Models, names: tuple[str, ...] | None = None
+                       ) -> dict[str, Variables]:
+  """Shapes/dtypes of every network's variables (``jax.eval_shape``, free)."""
+  nets = models.networks()
+  names = tuple(nets) if names is None else names
+  inputs = example_inputs(models)
+  key = jax.random.key(0)
+  return {name: dict(jax.eval_shape(nets[name].init, {"params": key},
+                                    *inputs[name]))
+          for name in names}
+
+
+def count_params(tree: Any) -> int:
+  """Number of scalars in a pytree of arrays / ShapeDtypeStructs."""
+  return sum(math.prod(x.shape) for x in jax.tree_util.tree_leaves(tree))
+
+
+def param_counts(config: Any, *, with_pose: bool = False) -> dict[str, int]:
+  """Trainable parameters (the ``'params'`` collection) of every network."""
+  models = build_models(config, with_pose=with_pose)
+  abstract = abstract_variables(models)
+  return {name: count_params(v.get("params", {})) for name, v in abstract.items()}
+
+
+# --------------------------------------------------------------------------
+# Pure forward functions (eval mode)
+
+def depth_outputs(models: Models, variables: Mapping[str, Variables],
+                  images: Array) -> dict[str, Array]:
+  """``{'disp0': (B,H,W,1), 'disp1', ...}`` of the depth network."""
+  feats = models.depth_encoder.apply(variables["depth_encoder"], images)
+  return models.depth_decoder.apply(variables["depth_decoder"], feats)
+
+
+def depth_fn(models: Models, variables: Mapping[str, Variables],
+             images: Array) -> Array:
+  """``disp0`` ``(B, H, W, 1)``: the raw sigmoid disparity DaGAN consumes."""
+  return depth_outputs(models, variables, images)["disp0"]
+
+
+def kp_detector_input(models: Models, images: Array, disp: Array | None) -> Array:
+  """``cat(RGB, disp0)`` when the detector uses depth, else the images."""
+  if not models.use_depth:
+    return images
+  if disp is None:
+    raise ValueError("the keypoint detector uses depth: pass disp (B,H,W,1)")
+  return jnp.concatenate([images, disp.astype(images.dtype)], axis=-1)
+
+
+def keypoints_fn(models: Models, variables: Mapping[str, Variables],
+                 images: Array, disp: Array | None = None) -> dict[str, Array]:
+  """``{'value': (B,K,2), 'jacobian': (B,K,2,2)}`` of frames (and their disp)."""
+  return models.kp_detector.apply(variables["kp_detector"],
+                                  kp_detector_input(models, images, disp))
+
+
+def generate_fn(models: Models, variables: Mapping[str, Variables],
+                source: Array, kp_source: dict[str, Array],
+                kp_driving: dict[str, Array], source_depth: Array,
+                driving_depth: Array | None = None) -> dict[str, Array]:
+  """The generator's output dict (``prediction`` (B,H,W,C), ...)."""
+  return models.generator.apply(variables["generator"], source, kp_driving,
+                                kp_source, source_depth, driving_depth)
+
+
+def discriminate_fn(models: Models, variables: Mapping[str, Variables],
+                    pyramid: dict[str, Array], kp: dict[str, Array] | None
+                    ) -> dict[str, Any]:
+  """Discriminator maps of an image pyramid ``{'prediction_<s>': ...}``."""
+  return models.discriminator.apply(variables["discriminator"], pyramid, kp)
