@@ -18,6 +18,7 @@ from dagan_jax.errors import DaganError
 
 # name -> (module, one-line help).  The module is imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
+    "convert": ("dagan_jax.convert.cli_convert", "Convert official PyTorch DaGAN checkpoints to Flax variables."),
     "data": ("dagan_jax.input.cli_data", "Validate a dataset before a long run (data check)."),
 }
 
