@@ -57,7 +57,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-from typing import Any, Iterator, Mapping, Sequence
+from typing import Any, Iterator, Sequence
 
 import grain
 import numpy as np

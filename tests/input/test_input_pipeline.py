@@ -237,7 +237,8 @@ def test_config_dict_dataset_params(small_vox, tmp_path):
   with dp.unlocked():
     dp.root_dir = str(small_vox)
     dp.cache_dir = str(tmp_path)
+  # Host placement from jax (one process here).
   batch = take(pipeline.make_pair_dataset(dp, seed=0, batch_size=1,
-                                          num_repeats=1, **ONE_HOST), 1)[0]
+                                          num_repeats=1), 1)[0]
   assert batch["source"].shape == (1, 256, 256, 3)
   assert list(itertools.islice(pipeline.param(dp, "frame_shape"), 3)) == [256, 256, 3]
