@@ -110,6 +110,19 @@ def vox_adv_256() -> dict[str, Any]:
 def extra_defaults() -> dict[str, Any]:
   """Keys beyond the official YAML schema, with the official demo's choices."""
   return {
+      "dataset_params": {
+          # 'vox' (FOMM's layout), 'hdtf' (frame folders) or 'tfds' (ArrayRecord).
+          "layout": "vox",
+          # Resize frames whose size differs from frame_shape (off: such a
+          # frame is bad input, named in the error).
+          "resize_frames": False,
+          # Clip-index cache; '' = ~/.cache/dagan_jax/clip_index.
+          "cache_dir": "",
+          # Width of one frame in a horizontal strip image; 0 = frame_shape's.
+          "frame_width": 0,
+          # With layout='tfds': the builder name.
+          "tfds_name": "dagan_vox_frames",
+      },
       "model_params": {
           "model": "dagan",
           "generator_type": "DepthAwareGenerator",

@@ -131,7 +131,7 @@ def open_split(dataset_params: Any, split: str = "train", *,
         root, param(dataset_params, "tfds_name", "dagan_vox_frames"), split,
         frame_hw=shape[:2], resize=resize)
   elif layout in clips_lib.LAYOUTS:
-    frame_width = param(dataset_params, "frame_width", None)
+    frame_width = param(dataset_params, "frame_width", None) or None
     index = clips_lib.scan_split(root, split, layout,
                                  cache_dir=param(dataset_params, "cache_dir"),
                                  frame_width=frame_width)
