@@ -156,6 +156,19 @@ def _diagnose_dagan(name: str, sd: Mapping[str, Any], models: Models,
           f"the generator was trained with {k1} keypoints "
           f"(dense_motion_network.mask.weight has {k1 + 1} outputs) but "
           f"model_params.common_params.num_kp is {num_kp}")
+  elif name == "discriminator":
+    disc = models.discriminator
+    want = disc.num_channels + (disc.num_kp if disc.use_kp else 0)
+    for key, w in sd.items():
+      if key.endswith("down_blocks.0.conv.weight") and np.ndim(w) == 4 \
+          and np.shape(w)[1] != want:
+        rep.hints.append(
+            f"{key} takes {np.shape(w)[1]} input channels; the config gives "
+            f"{want} = {disc.num_channels} image channels"
+            + (f" + {disc.num_kp} keypoint heatmaps (use_kp)" if disc.use_kp else "")
+            + ": check model_params.common_params.num_kp and "
+              "discriminator_params.use_kp")
+        break
   elif name == "kp_detector":
     k = _num_kp_of(sd, "kp.weight")
     if k is not None and k != num_kp:

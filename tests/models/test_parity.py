@@ -179,11 +179,13 @@ def ours(converted, npz):
       got[f"kp_{name}/kp_detector.{leaf[-1]}"] = a
 
   # Keypoint normalisation as the demo does it.
-  kp_norm = ops.normalize_kp(
+  kp_norm, scale = ops.normalize_kp(
       kp_source=_kp(npz, "kp_source"), kp_driving=_kp(npz, "kp_driving"),
-      kp_driving_initial=_kp(npz, "kp_driving_initial"), **_demo_flags(meta))
+      kp_driving_initial=_kp(npz, "kp_driving_initial"), return_scale=True,
+      **_demo_flags(meta))
   for k, a in kp_norm.items():
     got[f"kp_norm/{k}"] = a
+  got["kp_norm/adapt_movement_scale"] = scale[0]  # the fixture's is a scalar
 
   # Generator driven by kp_norm (relative) and by the raw driving kp, run
   # free and with stage forcing (see GENERATOR_STAGES).
