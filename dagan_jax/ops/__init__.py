@@ -5,9 +5,15 @@ docstring for the exact conventions:
 
 * ``grid``: FOMM coordinate grid.
 * ``sampling``: ``grid_sample`` (torch's bilinear grid_sample), resizes.
+* ``keypoints``: Gaussian heatmaps, soft-argmax keypoints and Jacobians,
+  first-order sparse motions, relative motion transfer (``normalize_kp``).
 """
 
 from dagan_jax.ops.grid import make_coordinate_grid
+from dagan_jax.ops.keypoints import (convex_hull_area, heatmap_to_keypoints,
+                                     inverse_2x2, jacobian_from_maps,
+                                     kp_to_gaussian, movement_scale,
+                                     normalize_kp, sparse_motions)
 from dagan_jax.ops.sampling import grid_sample, resize_bilinear, resize_nearest
 
 __all__ = [
@@ -15,4 +21,12 @@ __all__ = [
     'grid_sample',
     'resize_bilinear',
     'resize_nearest',
+    'kp_to_gaussian',
+    'heatmap_to_keypoints',
+    'jacobian_from_maps',
+    'inverse_2x2',
+    'sparse_motions',
+    'convex_hull_area',
+    'movement_scale',
+    'normalize_kp',
 ]
