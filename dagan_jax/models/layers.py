@@ -32,6 +32,8 @@ The blocks mirror the FOMM family's ``modules/util.py`` (Siarohin et al.,
 
 from __future__ import annotations
 
+import contextlib
+
 import math
 from typing import Any, Callable, Sequence
 
@@ -223,6 +225,27 @@ def make_conv(spectral: bool, **kwargs: Any) -> Conv2d:
   return SNConv2d(**kwargs) if spectral else Conv2d(**kwargs)
 
 
+_SYNC_AXIS: list[str | None] = [None]
+
+
+@contextlib.contextmanager
+def sync_batch_norm(axis_name: str | None):
+  """Within this context (while tracing), every :class:`BatchNorm` without its
+  own ``axis_name`` synchronises its batch statistics over ``axis_name``.
+
+  For networks whose constructors take no ``axis_name`` (the ResNet encoders
+  of the depth and pose networks) inside a data-parallel step::
+
+    with sync_batch_norm('data'):
+      loss, grads = jax.value_and_grad(loss_fn)(params, batch)
+  """
+  _SYNC_AXIS.append(axis_name)
+  try:
+    yield
+  finally:
+    _SYNC_AXIS.pop()
+
+
 class BatchNorm(nn.Module):
   """PyTorch ``BatchNorm2d`` / ``SyncBatchNorm`` over the last (channel) axis.
 
@@ -254,16 +277,17 @@ class BatchNorm(nn.Module):
     ra_var = self.variable("batch_stats", "var",
                            lambda: jnp.ones((c,), jnp.float32))
     if is_training(self, override):
+      axis_name = self.axis_name if self.axis_name is not None else _SYNC_AXIS[-1]
       axes = tuple(range(x.ndim - 1))
       xf = x.astype(jnp.float32)
       n = math.prod(x.shape[:-1])
       mean = jnp.mean(xf, axes)
-      if self.axis_name is not None:
-        mean = jax.lax.pmean(mean, self.axis_name)
-        n = n * jax.lax.psum(1, self.axis_name)
+      if axis_name is not None:
+        mean = jax.lax.pmean(mean, axis_name)
+        n = n * jax.lax.psum(1, axis_name)
       var = jnp.mean(jnp.square(xf - mean), axes)
-      if self.axis_name is not None:
-        var = jax.lax.pmean(var, self.axis_name)
+      if axis_name is not None:
+        var = jax.lax.pmean(var, axis_name)
       if not self.is_initializing():
         unbiased = var * (n / jnp.maximum(n - 1, 1))
         m = self.momentum
