@@ -18,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dagan_jax.ops.grid import make_coordinate_grid
+from dagan_jax.ops.sampling import _rounded  # blocks FMA contraction
 
 KP = Mapping[str, jnp.ndarray]
 
@@ -95,22 +96,10 @@ def jacobian_from_maps(heatmap: jnp.ndarray,
   return jac.reshape(b, k, 2, 2)
 
 
-def _rounded(x: jnp.ndarray) -> jnp.ndarray:
-  """Identity that makes XLA round a product before it is added.
-
-  XLA:CPU contracts ``a * b + c`` into a fused multiply-add; PyTorch's CPU
-  kernels for these tiny matmuls do not.  A select on the product (``x`` if
-  ``x == x`` else NaN: the identity, NaN included) sits between the multiply
-  and the add, so no contraction happens and the 2x2 maths below is
-  bit-equal to torch.  This matters: a 1-ulp change of a motion coordinate
-  near the image border moves a zero-padded ``grid_sample`` by ~1e-5.
-  """
-  return jnp.where(x == x, x, jnp.nan)
-
-
 def _matmul_2x2(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
   """(..., 2, 2) @ (..., 2, 2) as ``a[i,0] b[0,j] + a[i,1] b[1,j]`` with each
-  product rounded (torch's CPU matmul order, no FMA)."""
+  product rounded (torch's CPU matmul order, no FMA), so the result is
+  bit-equal to torch's; XLA would otherwise fuse one product into the add."""
   p0 = _rounded(a[..., :, 0, None] * b[..., None, 0, :])
   p1 = _rounded(a[..., :, 1, None] * b[..., None, 1, :])
   return p0 + p1

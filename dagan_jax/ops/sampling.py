@@ -274,26 +274,51 @@ def grid_sample(image: jnp.ndarray, grid: jnp.ndarray, *,
   return out.reshape(b, gh, gw, c).astype(image.dtype)
 
 
-def _bilinear_matrix(in_size: int, out_size: int) -> np.ndarray:
-  """(out, in) interpolation matrix of torch's bilinear, align_corners=False.
+def _rounded(x: jnp.ndarray) -> jnp.ndarray:
+  """Identity that makes XLA round a product before it is added.
 
-  Source coordinate ``s = (d + 0.5) * in / out - 0.5`` computed in float32 as
-  torch does, clamped below at 0; taps ``floor(s)`` and ``min(floor(s) + 1,
-  in - 1)`` with weights ``1 - frac`` and ``frac``.
+  XLA:CPU contracts ``a * b + c`` into a fused multiply-add (one rounding)
+  wherever LLVM finds the pattern.  A select on the product (``x`` if
+  ``x == x`` else NaN: the identity, NaN included) sits between the multiply
+  and the add, so the product is rounded on its own.  Used to reproduce the
+  exact rounding sequence of torch's CPU kernels where a 1-ulp difference
+  matters: a motion coordinate near the image border moves a zero-padded
+  ``grid_sample`` of a 256-wide image by ~1e-5 per ulp.
+  """
+  return jnp.where(x == x, x, jnp.nan)
+
+
+def _linear_taps_static(in_size: int, out_size: int):
+  """Static taps of torch's bilinear resize (align_corners=False).
+
+  Source coordinate ``s = (in / out) * (d + 0.5) - 0.5`` in float32 (the
+  scale rounded to float32, the rest fused as torch's compiled kernel does),
+  clamped below at 0; taps ``i0 = floor(s)``, ``i1 = min(i0 + 1, in - 1)``,
+  weights ``w1 = s - i0`` and ``w0 = 1 - w1``.
   """
   scale = np.float32(in_size) / np.float32(out_size)
-  dst = np.arange(out_size, dtype=np.float32)
-  src = scale * (dst + np.float32(0.5)) - np.float32(0.5)
+  centre = np.arange(out_size, dtype=np.float32) + np.float32(0.5)
+  src = (np.float64(scale) * centre.astype(np.float64) - 0.5).astype(
+      np.float32)
   src = np.maximum(src, np.float32(0))
   i0 = src.astype(np.int64)  # src >= 0, so truncation is floor
   i1 = np.minimum(i0 + 1, in_size - 1)
-  lam1 = (src - i0.astype(np.float32)).astype(np.float32)
-  lam0 = np.float32(1) - lam1
-  m = np.zeros((out_size, in_size), np.float32)
-  rows = np.arange(out_size)
-  np.add.at(m, (rows, i0), lam0)
-  np.add.at(m, (rows, i1), lam1)
-  return m
+  w1 = (src - i0.astype(np.float32)).astype(np.float32)
+  w0 = (np.float32(1) - w1).astype(np.float32)
+  return i0, i1, w0, w1
+
+
+def _lerp_axis(x: jnp.ndarray, axis: int, out_size: int) -> jnp.ndarray:
+  """Linear interpolation along one axis: ``x[i0] * w0 + round(x[i1] * w1)``
+  (the second product rounded, the first fused into the add: torch's CPU
+  order)."""
+  i0, i1, w0, w1 = _linear_taps_static(x.shape[axis], out_size)
+  shape = [1] * x.ndim
+  shape[axis] = out_size
+  w0 = jnp.asarray(w0, x.dtype).reshape(shape)
+  w1 = jnp.asarray(w1, x.dtype).reshape(shape)
+  far = _rounded(jnp.take(x, jnp.asarray(i1), axis=axis) * w1)
+  return jnp.take(x, jnp.asarray(i0), axis=axis) * w0 + far
 
 
 def resize_bilinear(x: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
@@ -302,18 +327,19 @@ def resize_bilinear(x: jnp.ndarray, size: tuple[int, int]) -> jnp.ndarray:
   Equals ``F.interpolate(x, size=size, mode='bilinear', align_corners=False)``
   (half-pixel centres, no anti-aliasing, edge taps clamped), which the
   official generator uses to bring the 64x64 deformation and occlusion map
-  to the feature / image resolution.  Implemented as two small dense
-  interpolation matmuls (separable), so it is MXU-friendly and its gradient
-  is exact.
+  to the feature / image resolution.  Separable: along the width first, then
+  the height, each output ``x[i0] * w0 + x[i1] * w1`` rounded in the order
+  torch's compiled CPU kernel uses: bit-equal to torch for DaGAN's 64 -> 256
+  (and e.g. 32 -> 128, 64 -> 128); torch takes another rounding path for
+  some small shapes, where results agree to ~1 ulp.  Static gathers of
+  whole rows plus elementwise maths; exact gradients.
   """
   _, h, w, _ = x.shape
   oh, ow = int(size[0]), int(size[1])
   if (oh, ow) == (h, w):
     return x
-  my = jnp.asarray(_bilinear_matrix(h, oh), x.dtype)  # (oh, H)
-  mx = jnp.asarray(_bilinear_matrix(w, ow), x.dtype)  # (ow, W)
-  out = jnp.einsum('oh,bhwc->bowc', my, x, precision=_HIGHEST)
-  return jnp.einsum('pw,bowc->bopc', mx, out, precision=_HIGHEST)
+  x = _lerp_axis(x, 2, ow)  # (B, H, ow, C)
+  return _lerp_axis(x, 1, oh)  # (B, oh, ow, C)
 
 
 def _nearest_indices(in_size: int, out_size: int) -> np.ndarray:

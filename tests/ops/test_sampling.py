@@ -230,8 +230,22 @@ def test_resize_bilinear_matches_torch(src, dst):
   want = torch.nn.functional.interpolate(
       torch.tensor(x.transpose(0, 3, 1, 2)), size=dst, mode='bilinear',
       align_corners=False).numpy().transpose(0, 2, 3, 1)
-  got = jax.jit(lambda a: resize_bilinear(a, dst))(x)
-  np.testing.assert_allclose(np.asarray(got), want, atol=1e-5)
+  got = np.asarray(jax.jit(lambda a: resize_bilinear(a, dst))(x))
+  np.testing.assert_allclose(got, want, atol=1e-6, rtol=0)
+  if (src, dst) == ((64, 64), (256, 256)):
+    # DaGAN's case: the same rounding sequence as torch's CPU kernel
+    np.testing.assert_array_equal(got, want)
+
+
+def test_resize_bilinear_gradient_is_the_transpose():
+  """<resize(x), y> == <x, resize^T(y)>: the VJP is the adjoint map."""
+  rng = np.random.default_rng(13)
+  x = rng.normal(size=(1, 5, 6, 2)).astype(np.float32)
+  y = rng.normal(size=(1, 9, 4, 2)).astype(np.float32)
+  out, vjp = jax.vjp(lambda a: resize_bilinear(a, (9, 4)), jnp.asarray(x))
+  (xt,) = vjp(jnp.asarray(y))
+  np.testing.assert_allclose(float(jnp.sum(out * y)), float(jnp.sum(x * xt)),
+                             rtol=1e-5)
 
 
 @pytest.mark.parametrize('src,dst', RESIZE_SIZES + [((3, 3), (5, 7)),
@@ -257,3 +271,21 @@ def test_resize_nearest_index_rule_many_sizes():
           x, size=(1, n_out), mode='nearest').numpy()[0, 0, 0]
       np.testing.assert_array_equal(
           sampling._nearest_indices(n_in, n_out), want.astype(int))
+
+
+@pytest.mark.parametrize('group', ['gen_relative', 'gen_absolute'])
+def test_deformed_image_fixture(fixture_arrays, group):
+  """Official ``deform_input``: bilinear upsampling of the 64x64 deformation
+  to 256x256, then grid_sample of the source image (align_corners=False)."""
+  fx = fixture_arrays
+  source = np.moveaxis(fx['input/source'], 1, -1)  # (1, 256, 256, 3)
+  deformation = fx[f'{group}/deformation']  # (1, 64, 64, 2), already NHWC
+
+  @jax.jit
+  def deform(source, deformation):
+    grid = resize_bilinear(deformation, source.shape[1:3])
+    return grid_sample(source, grid)
+
+  got = np.asarray(deform(source, deformation))
+  want = np.moveaxis(fx[f'{group}/deformed'], 1, -1)
+  np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
