@@ -7,6 +7,7 @@ docstring for the exact conventions:
 * ``sampling``: ``grid_sample`` (torch's bilinear grid_sample), resizes.
 * ``keypoints``: Gaussian heatmaps, soft-argmax keypoints and Jacobians,
   first-order sparse motions, relative motion transfer (``normalize_kp``).
+* ``pyramid``: anti-aliased downsampling, image pyramid.
 """
 
 from dagan_jax.ops.grid import make_coordinate_grid
@@ -14,6 +15,8 @@ from dagan_jax.ops.keypoints import (convex_hull_area, heatmap_to_keypoints,
                                      inverse_2x2, jacobian_from_maps,
                                      kp_to_gaussian, movement_scale,
                                      normalize_kp, sparse_motions)
+from dagan_jax.ops.pyramid import (anti_alias_downsample, anti_alias_kernel,
+                                   image_pyramid)
 from dagan_jax.ops.sampling import grid_sample, resize_bilinear, resize_nearest
 
 __all__ = [
@@ -29,4 +32,7 @@ __all__ = [
     'convex_hull_area',
     'movement_scale',
     'normalize_kp',
+    'anti_alias_kernel',
+    'anti_alias_downsample',
+    'image_pyramid',
 ]
