@@ -8,6 +8,7 @@ docstring for the exact conventions:
 * ``keypoints``: Gaussian heatmaps, soft-argmax keypoints and Jacobians,
   first-order sparse motions, relative motion transfer (``normalize_kp``).
 * ``pyramid``: anti-aliased downsampling, image pyramid.
+* ``tps``: random thin-plate-spline warps of the equivariance loss.
 """
 
 from dagan_jax.ops.grid import make_coordinate_grid
@@ -18,6 +19,8 @@ from dagan_jax.ops.keypoints import (convex_hull_area, heatmap_to_keypoints,
 from dagan_jax.ops.pyramid import (anti_alias_downsample, anti_alias_kernel,
                                    image_pyramid)
 from dagan_jax.ops.sampling import grid_sample, resize_bilinear, resize_nearest
+from dagan_jax.ops.tps import (TPSParams, sample_tps, tps_jacobian,
+                               warp_coordinates, warp_frame)
 
 __all__ = [
     'make_coordinate_grid',
@@ -35,4 +38,9 @@ __all__ = [
     'anti_alias_kernel',
     'anti_alias_downsample',
     'image_pyramid',
+    'TPSParams',
+    'sample_tps',
+    'warp_coordinates',
+    'tps_jacobian',
+    'warp_frame',
 ]
