@@ -9,8 +9,13 @@ docstring for the exact conventions:
   first-order sparse motions, relative motion transfer (``normalize_kp``).
 * ``pyramid``: anti-aliased downsampling, image pyramid.
 * ``tps``: random thin-plate-spline warps of the equivariance loss.
+* ``camera``: rotations, poses, back-projection, projection, view synthesis
+  for the self-supervised depth network.
 """
 
+from dagan_jax.ops.camera import (backproject, disp_to_depth, inverse_warp,
+                                  pixel_grid, project, rot_from_axisangle,
+                                  transformation_from_parameters)
 from dagan_jax.ops.grid import make_coordinate_grid
 from dagan_jax.ops.keypoints import (convex_hull_area, heatmap_to_keypoints,
                                      inverse_2x2, jacobian_from_maps,
@@ -43,4 +48,11 @@ __all__ = [
     'warp_coordinates',
     'tps_jacobian',
     'warp_frame',
+    'rot_from_axisangle',
+    'transformation_from_parameters',
+    'disp_to_depth',
+    'pixel_grid',
+    'backproject',
+    'project',
+    'inverse_warp',
 ]
