@@ -25,7 +25,7 @@ def test_rot_from_axisangle_matches_scipy_and_round_trips():
   np.testing.assert_array_equal(rot[:, 3], np.broadcast_to([0, 0, 0, 1],
                                                            (6, 4)))
   np.testing.assert_array_equal(rot[:, :3, 3], 0)
-  back = np.asarray(rot_from_axisangle(-vec))
+  back = np.asarray(jax.jit(rot_from_axisangle)(-vec))
   np.testing.assert_allclose(rot @ back, np.broadcast_to(np.eye(4), rot.shape),
                              atol=1e-5)
   np.testing.assert_allclose(np.linalg.det(rot[:, :3, :3]), 1, atol=1e-5)
@@ -35,7 +35,8 @@ def test_rot_from_axisangle_zero_is_identity_with_finite_gradient():
   zero = jnp.zeros((2, 3))
   np.testing.assert_allclose(np.asarray(rot_from_axisangle(zero)),
                              np.broadcast_to(np.eye(4), (2, 4, 4)), atol=1e-7)
-  grad = jax.grad(lambda v: jnp.sum(rot_from_axisangle(v) ** 3))(zero)
+  grad = jax.jit(jax.grad(lambda v: jnp.sum(rot_from_axisangle(v) ** 3)))(
+      zero)
   assert np.all(np.isfinite(np.asarray(grad)))
 
 
@@ -45,8 +46,8 @@ def test_transformation_from_parameters_and_inverse():
   translation = rng.normal(size=(4, 3)).astype(np.float32)
   fwd = np.asarray(jax.jit(transformation_from_parameters,
                            static_argnums=2)(axisangle, translation, False))
-  inv = np.asarray(transformation_from_parameters(axisangle, translation,
-                                                  invert=True))
+  inv = np.asarray(jax.jit(transformation_from_parameters, static_argnums=2)(
+      axisangle, translation, True))
   np.testing.assert_allclose(fwd[:, :3, :3],
                              Rotation.from_rotvec(axisangle).as_matrix(),
                              atol=1e-5)
@@ -118,7 +119,8 @@ def test_inverse_warp_translation_of_fronto_parallel_plane():
   valid = np.asarray(valid)[0, :, :, 0]
   assert np.all(valid[:, :w - shift] == 1) and np.all(valid[:, w - shift:] == 0)
   # a point behind the source camera is never valid
-  _, valid_behind = inverse_warp(source, depth, t.at[:, 2, 3].set(-10.0), k)
+  _, valid_behind = jax.jit(inverse_warp)(source, depth,
+                                          t.at[:, 2, 3].set(-10.0), k)
   assert np.all(np.asarray(valid_behind) == 0)
 
 
@@ -129,8 +131,8 @@ def test_inverse_warp_official_sampling_option():
                        jnp.float32)
   k = intrinsics(b, 8.0, 8.0, 3.5, 3.5)
   eye = jnp.eye(4)[None]
-  warped, _ = inverse_warp(source, jnp.ones((b, h, w, 1)), eye, k,
-                           align_corners=False)
-  want = grid_sample(source, make_coordinate_grid((h, w))[None],
-                     padding_mode='border')
+  warped, _ = jax.jit(lambda *a: inverse_warp(*a, align_corners=False))(
+      source, jnp.ones((b, h, w, 1)), eye, k)
+  want = jax.jit(lambda s: grid_sample(
+      s, make_coordinate_grid((h, w))[None], padding_mode='border'))(source)
   np.testing.assert_allclose(np.asarray(warped), np.asarray(want), atol=1e-5)

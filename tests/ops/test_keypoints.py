@@ -209,14 +209,16 @@ def test_normalize_kp_flags():
       np.asarray(kp_d['value'] - kp_d0['value'] + kp_s['value']), atol=1e-6)
   assert rel['jacobian'] is kp_d['jacobian']
   # Per-batch-element scale: element b uses its own hulls.
-  _, scale = normalize_kp(kp_s, kp_d, kp_d0, adapt_movement_scale=True,
-                          use_relative_movement=True, return_scale=True)
+  _, scale = jax.jit(lambda s, d, d0: normalize_kp(
+      s, d, d0, adapt_movement_scale=True, use_relative_movement=True,
+      return_scale=True))(kp_s, kp_d, kp_d0)
   for b in range(2):
     want = np.sqrt(ConvexHull(np.asarray(kp_s['value'][b])).volume
                    / ConvexHull(np.asarray(kp_d0['value'][b])).volume)
     np.testing.assert_allclose(float(scale[b]), want, rtol=1e-5)
   # The scale carries no gradient, like the official numpy computation.
-  g = jax.grad(lambda v: jnp.sum(movement_scale({'value': v}, kp_d0)))(
+  g = jax.jit(jax.grad(lambda v: jnp.sum(movement_scale({'value': v},
+                                                         kp_d0))))(
       kp_s['value'])
   assert np.all(np.asarray(g) == 0)
 
