@@ -108,6 +108,15 @@ BlockSize = int | tuple[int, int] | None
 ATTENTION_LAYERS = ("all", "bottleneck", "none")
 
 
+def _block_size(value: Any) -> BlockSize:
+  """A config's block size (int, list/tuple of two ints, or None) as the
+  hashable form :func:`dagan_jax.ops.attention.attention` takes."""
+  if value is None or isinstance(value, int):
+    return value
+  bq, bk = value
+  return (int(bq), int(bk))
+
+
 def _channels(block_expansion: int, max_features: int, i: int) -> int:
   """Width of encoder scale ``i`` (0 = full resolution)."""
   return min(max_features, block_expansion * (2 ** i))
@@ -186,6 +195,9 @@ class GeometryEnhancedGenerator(nn.Module):
     attention_implementation: see :func:`dagan_jax.ops.attention.attention`.
     attention_fn: replaces the attention function (tests, benchmarks).
     axis_name: data-parallel axis of the synchronised BatchNorms.
+    fast_eval: in eval mode, fold each conv block's BatchNorm into its conv
+      (:func:`dagan_jax.models.layers.conv_bn`); same variables and results
+      up to float rounding; training is unaffected.
   """
   num_channels: int
   num_kp: int
@@ -206,6 +218,7 @@ class GeometryEnhancedGenerator(nn.Module):
   attention_implementation: str = "auto"
   attention_fn: AttentionFn | None = None
   axis_name: str | None = None
+  fast_eval: bool = False
 
   #: ``generator_params`` keys this generator accepts beyond DaGAN's.
   EXTRA_CONFIG_KEYS: ClassVar[frozenset[str]] = frozenset({
@@ -241,9 +254,12 @@ class GeometryEnhancedGenerator(nn.Module):
   def _encode(self, x: Array, prefix: str) -> list[Array]:
     """Feature / depth encoder (Fig. 5b-c): the maps of every scale."""
     be, mf, ax = self.block_expansion, self.max_features, self.axis_name
-    feats = [SameBlock2d(be, 7, 3, axis_name=ax, name=f"{prefix}first")(x)]
+    fe = self.fast_eval
+    feats = [SameBlock2d(be, 7, 3, axis_name=ax, fast_eval=fe,
+                         name=f"{prefix}first")(x)]
     for i in range(self.num_down_blocks):
       feats.append(DownBlock2d(_channels(be, mf, i + 1), 3, 1, axis_name=ax,
+                               fast_eval=fe,
                                name=f"{prefix}down_blocks_{i}")(feats[-1]))
     return feats
 
@@ -270,7 +286,8 @@ class GeometryEnhancedGenerator(nn.Module):
     if self.dense_motion_params is not None:
       dm = DenseMotionNetwork(num_kp=self.num_kp, num_channels=self.num_channels,
                               estimate_occlusion_map=self.estimate_occlusion_map,
-                              axis_name=ax, name="dense_motion_network",
+                              axis_name=ax, fast_eval=self.fast_eval,
+                              name="dense_motion_network",
                               **dict(self.dense_motion_params))
       dense = dm(source_image, kp_driving, kp_source)
       output["mask"] = dense["mask"]
@@ -301,7 +318,7 @@ class GeometryEnhancedGenerator(nn.Module):
             projection_relu=self.attention_relu,
             learnable_gamma=self.attention_gamma, scale=self.attention_scale,
             implementation=self.attention_implementation,
-            block_size=self.attention_block_size,
+            block_size=_block_size(self.attention_block_size),
             attention_fn=self.attention_fn,
             name=f"attention_{i}")(feat, depth_feats[i])
       self.sow("intermediates", f"enhanced_{i}", feat)
@@ -315,9 +332,11 @@ class GeometryEnhancedGenerator(nn.Module):
     for j in range(nd):
       level = nd - 1 - j
       width = _channels(be, mf, level)
-      out = UpBlock2d(width, 3, 1, axis_name=ax, name=f"up_blocks_{j}")(out)
+      out = UpBlock2d(width, 3, 1, axis_name=ax, fast_eval=self.fast_eval,
+                      name=f"up_blocks_{j}")(out)
       out = jnp.concatenate([out, enhanced[level]], axis=-1)
-      out = SameBlock2d(width, 3, 1, axis_name=ax, name=f"fuse_blocks_{j}")(out)
+      out = SameBlock2d(width, 3, 1, axis_name=ax, fast_eval=self.fast_eval,
+                        name=f"fuse_blocks_{j}")(out)
       self.sow("intermediates", f"dec_out_{j}", out)
     out = Conv2d(self.num_channels, 7, padding=3, name="final")(out)
     output["prediction"] = jax.nn.sigmoid(out)

@@ -184,7 +184,8 @@ def gen_variables(inputs):
 
 
 def test_blockwise_equals_naive(inputs, gen_variables):
-  """The memory-linear attention inside the generator gives the naive result.
+  """The memory-linear attention inside the generator gives the naive result
+  (and ``fast_eval`` the plain eval result).
 
   Block sizes (100, 60) do not divide the 1024 / 256 / 64 / 16 pixels of the
   four scales, so padding and masking are exercised at every scale.
@@ -192,11 +193,15 @@ def test_blockwise_equals_naive(inputs, gen_variables):
   outs = {}
   for impl in ("naive", "blockwise"):
     gen = make_generator("all", attention_implementation=impl,
-                         attention_block_size=(100, 60))
+                         attention_block_size=[100, 60])  # as from a config
     out, state = jax.jit(lambda v, g=gen: g.apply(
         v, *_args(inputs), mutable=["intermediates"]))(gen_variables)
     outs[impl] = (out, state["intermediates"])
   (out_n, int_n), (out_b, int_b) = outs["naive"], outs["blockwise"]
+  # eval with BatchNorm folded into the convs: same result up to rounding
+  fast = make_generator("all", attention_implementation="naive", fast_eval=True)
+  out_f = jax.jit(lambda v: fast.apply(v, *_args(inputs)))(gen_variables)
+  np.testing.assert_allclose(out_f["prediction"], out_n["prediction"], atol=1e-5)
   for i in range(4):
     np.testing.assert_allclose(int_b[f"enhanced_{i}"][0], int_n[f"enhanced_{i}"][0],
                                atol=1e-5, rtol=1e-5)

@@ -79,14 +79,18 @@ def test_pose_and_intrinsics_heads_are_the_reused_decoder():
   variables = random_variables(net, pair)
   parts = split_pose_variables(variables)
 
+  fast = UncertaintyPoseNetwork(num_layers=18, image_size=size, fast_eval=True)
+
   @jax.jit
   def run(variables, parts, pair):
     out = net.apply(variables, pair)
     feats = PoseEncoder(18).apply(parts["pose_encoder"], pair)
     ref = PoseDecoder(image_size=size).apply(parts["pose_decoder"], [feats])
-    return out, ref
+    return out, ref, fast.apply(variables, pair)
 
-  out, ref = run(variables, parts, pair)
+  out, ref, out_fast = run(variables, parts, pair)
+  for key in ("axisangle", "translation", "K", "uncertainty"):
+    np.testing.assert_allclose(out_fast[key], out[key], rtol=1e-4, atol=1e-5)
   for key in ("axisangle", "translation", "K"):
     np.testing.assert_allclose(out[key], ref[key], rtol=1e-5, atol=1e-6)
   np.testing.assert_array_equal(out["intrinsics"], out["K"])
