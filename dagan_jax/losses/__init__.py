@@ -12,7 +12,7 @@ from dagan_jax.losses.depth import (DEFAULT_DEPTH_WEIGHTS, automask,
                                     ssim_map, uncertainty_weighted_loss,
                                     weighted_depth_terms)
 from dagan_jax.losses.generator import (equivariance_losses,
-                                        feature_matching_loss, inverse_2x2,
+                                        feature_matching_loss,
                                         keypoint_distance_loss,
                                         keypoint_distance_terms,
                                         lsgan_discriminator_loss,

@@ -127,16 +127,6 @@ def feature_matching_loss(real_maps: Mapping[str, Any],
   return {"feature_matching": total}
 
 
-def inverse_2x2(m: Array) -> Array:
-  """Closed-form inverse of (..., 2, 2) matrices (``torch.inverse``)."""
-  a, b = m[..., 0, 0], m[..., 0, 1]
-  c, d = m[..., 1, 0], m[..., 1, 1]
-  det = a * d - b * c
-  row0 = jnp.stack([d, -b], axis=-1)
-  row1 = jnp.stack([-c, a], axis=-1)
-  return jnp.stack([row0, row1], axis=-2) / det[..., None, None]
-
-
 def equivariance_losses(kp_driving: KP, transformed_kp: KP,
                         tps_params: Any) -> dict[str, Array]:
   """Equivariance of keypoints under a random TPS T (FOMM Eq. 7-8;
@@ -149,7 +139,8 @@ def equivariance_losses(kp_driving: KP, transformed_kp: KP,
     equivariance_value    = mean |kp_d - T(kp_t)|
     equivariance_jacobian = mean |I - J_d^{-1} (J_T(kp_t) J_t)|
 
-  means over (B, K, 2) and (B, K, 2, 2). J_T is the TPS Jacobian at the
+  means over (B, K, 2) and (B, K, 2, 2); J_d^{-1} is ``ops.inverse_2x2``
+  (torch.inverse's arithmetic). J_T is the TPS Jacobian at the
   transformed keypoints (``ops.tps_jacobian``), differentiable w.r.t. them
   as the official ``create_graph=True``. Gradients flow into both keypoint
   sets (nothing detached). The Jacobian term is returned only when both
@@ -161,7 +152,7 @@ def equivariance_losses(kp_driving: KP, transformed_kp: KP,
   if "jacobian" in kp_driving and "jacobian" in transformed_kp:
     j_tps = ops.tps_jacobian(tps_params, transformed_kp["value"])  # (B,K,2,2)
     j_transformed = j_tps @ transformed_kp["jacobian"]
-    value = inverse_2x2(kp_driving["jacobian"]) @ j_transformed
+    value = ops.inverse_2x2(kp_driving["jacobian"]) @ j_transformed
     eye = jnp.eye(2, dtype=value.dtype)
     out["equivariance_jacobian"] = jnp.mean(jnp.abs(eye - value))
   return out

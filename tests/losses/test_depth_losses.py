@@ -8,6 +8,10 @@ import pytest
 
 from dagan_jax.losses import depth as D
 
+# One compiled program per option set instead of op-by-op dispatch.
+depth_losses = jax.jit(D.depth_losses, static_argnames=(
+    "use_automask", "alpha", "ssim_halved", "mask_regularizer"))
+
 
 def _reflect_index(i, n):
   """PyTorch ReflectionPad2d index map for padding 1 (no edge repeat)."""
@@ -103,7 +107,7 @@ def test_min_over_sources_picks_the_better_source():
   np.testing.assert_array_equal(idx[0, :, :3, 0], 1)
   np.testing.assert_allclose(m, np.minimum(errors[0], errors[1]))
   # Through depth_losses (no automask): only the min enters the loss.
-  terms, _ = D.depth_losses(target, warped, warped, np.ones((1, 6, 6, 1)),
+  terms, _ = depth_losses(target, warped, warped, np.ones((1, 6, 6, 1)),
                             use_automask=False, alpha=0.0)
   np.testing.assert_allclose(terms["photometric"], float(m.mean()), rtol=1e-6)
 
@@ -126,7 +130,7 @@ def test_automask_excludes_pixels_where_identity_is_better():
   tie = D.automask(rep, rep)
   assert float(tie["mask"].sum()) == 0.0
   # monodepth2's value: min(identity, reprojection) everywhere.
-  terms, aux = D.depth_losses(target, warped[None], source[None],
+  terms, aux = depth_losses(target, warped[None], source[None],
                               np.ones((1, 5, 8, 1), np.float32), alpha=0.0)
   np.testing.assert_allclose(
       terms["photometric"], np.minimum(rep, ident).mean(), rtol=1e-6)
@@ -143,7 +147,7 @@ def test_automask_blocks_gradient_of_masked_pixels():
   warped[:, :, :3] += 0.5  # left: identity is better -> masked
 
   def loss(w):
-    terms, _ = D.depth_losses(target, w[None], source[None],
+    terms, _ = depth_losses(target, w[None], source[None],
                               np.ones((1, 4, 6, 1), np.float32), alpha=0.0)
     return terms["photometric"]
 
@@ -204,7 +208,7 @@ def test_depth_losses_with_per_source_uncertainty():
   warped = np.stack([target + 0.01, target + 0.2]).astype(np.float32)
   sources = np.stack([target + 0.3, target + 0.3]).astype(np.float32)
   u = np.stack([np.full((1, 4, 4, 1), 0.5), np.full((1, 4, 4, 1), 0.1)])
-  terms, aux = D.depth_losses(target, warped, sources,
+  terms, aux = depth_losses(target, warped, sources,
                               np.ones((1, 4, 4, 1), np.float32),
                               uncertainty=u.astype(np.float32), alpha=0.0)
   # Source 0 wins everywhere (error 0.01), so its U = 0.5 is used.

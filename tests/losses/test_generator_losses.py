@@ -119,18 +119,17 @@ def test_lsgan_and_feature_matching_match_official():
         continue
       fm = fm + fm_weights[i] * torch.abs(_t(a) - _t(b)).mean()
 
-  np.testing.assert_allclose(G.lsgan_generator_loss(fake)["gen_gan"],
+  np.testing.assert_allclose(jax.jit(G.lsgan_generator_loss)(fake)["gen_gan"],
                              gen.item(), rtol=1e-6)
   np.testing.assert_allclose(
-      G.lsgan_discriminator_loss(real, fake)["disc_gan"], disc.item(),
+      jax.jit(G.lsgan_discriminator_loss)(real, fake)["disc_gan"], disc.item(),
       rtol=1e-6)
-  np.testing.assert_allclose(
-      G.feature_matching_loss(real, fake, fm_weights)["feature_matching"],
-      fm.item(), rtol=1e-6)
+  fm_loss = lambda r, f: G.feature_matching_loss(r, f, fm_weights)[
+      "feature_matching"]
+  np.testing.assert_allclose(jax.jit(fm_loss)(real, fake), fm.item(),
+                             rtol=1e-6)
   # Gradient reaches the fake maps only.
-  g_real, g_fake = jax.grad(
-      lambda r, f: G.feature_matching_loss(r, f, fm_weights)["feature_matching"],
-      argnums=(0, 1))(real, fake)
+  g_real, g_fake = jax.jit(jax.grad(fm_loss, argnums=(0, 1)))(real, fake)
   assert all(float(jnp.abs(x).max()) == 0
              for x in jax.tree_util.tree_leaves(g_real))
   assert float(jnp.abs(g_fake["feature_maps_1"][0]).max()) > 0
@@ -179,12 +178,7 @@ def test_keypoint_distance_hinge():
 
 
 # --------------------------------------------------------------------------
-# Equivariance (needs ops.sample_tps / warp_coordinates / tps_jacobian)
-
-needs_tps = pytest.mark.skipif(
-    not all(hasattr(ops, n) for n in ("sample_tps", "warp_coordinates",
-                                      "tps_jacobian")),
-    reason="dagan_jax.ops TPS functions have not landed yet")
+# Equivariance
 
 
 def _random_kp(rng, b=2, k=5):
@@ -193,56 +187,73 @@ def _random_kp(rng, b=2, k=5):
   return {"value": value, "jacobian": jac}
 
 
-@needs_tps
-def test_equivariance_matches_official_formula():
+def _torch_warp(params, coords):
+  """The official Transform.warp_coordinates from the TPSParams arrays."""
+  theta = _t(params.theta).unsqueeze(1)  # (B, 1, 2, 3)
+  out = (torch.matmul(theta[:, :, :, :2], coords.unsqueeze(-1))
+         + theta[:, :, :, 2:]).squeeze(-1)
+  cp = _t(params.control_points).view(1, 1, -1, 2)
+  d = torch.abs(coords.view(coords.shape[0], -1, 1, 2) - cp).sum(-1)
+  r = d ** 2 * torch.log(d + 1e-6) * _t(params.control_params)
+  return out + r.sum(dim=2).view(coords.shape[0], coords.shape[1], 1)
+
+
+def _torch_equivariance(kp_d, kp_t, params):
+  """Official value + jacobian terms, with autograd Jacobian (create_graph)."""
+  coords = _t(kp_t["value"]).requires_grad_(True)
+  warped = _torch_warp(params, coords)
+  value = torch.abs(_t(kp_d["value"]) - warped).mean()
+  gx = torch.autograd.grad(warped[..., 0].sum(), coords, create_graph=True)[0]
+  gy = torch.autograd.grad(warped[..., 1].sum(), coords, create_graph=True)[0]
+  j_tps = torch.cat([gx.unsqueeze(-2), gy.unsqueeze(-2)], dim=-2)
+  m = torch.matmul(torch.inverse(_t(kp_d["jacobian"])),
+                   torch.matmul(j_tps, _t(kp_t["jacobian"])))
+  jac = torch.abs(torch.eye(2, dtype=m.dtype).view(1, 1, 2, 2) - m).mean()
+  (grad,) = torch.autograd.grad(value + jac, coords)
+  return value.item(), jac.item(), grad.numpy()
+
+
+def test_equivariance_matches_official_values_and_gradient():
+  """Values and d(loss)/d(transformed keypoints), which also flows through
+  the TPS Jacobian evaluated at those keypoints (official create_graph)."""
   rng = np.random.default_rng(3)
   with jax.enable_x64(True):
     params = ops.sample_tps(jax.random.PRNGKey(0), 2, sigma_affine=0.05,
-                            sigma_tps=0.005, points_tps=5)
-    kp_d, kp_t = _random_kp(rng), _random_kp(rng)
-    got = G.equivariance_losses(kp_d, kp_t, params)
-    warped = np.asarray(ops.warp_coordinates(params, jnp.asarray(kp_t["value"])))
-    # J_T by autodiff of the warp itself (independent of ops.tps_jacobian):
-    # the full (B, K, 2, B, K, 2) Jacobian, keeping each point's own block.
-    full = np.asarray(jax.jacfwd(lambda c: ops.warp_coordinates(params, c))(
-        jnp.asarray(kp_t["value"])))
-    b, k = kp_t["value"].shape[:2]
-    j_tps = np.stack([np.stack([full[i, j, :, i, j, :] for j in range(k)])
-                      for i in range(b)])  # (B, K, 2, 2): d out_r / d in_c
-  value = torch.abs(_t(kp_d["value"]) - _t(warped)).mean()
-  jac_t = torch.matmul(_t(j_tps), _t(kp_t["jacobian"]))
-  m = torch.matmul(torch.inverse(_t(kp_d["jacobian"])), jac_t)
-  jac = torch.abs(torch.eye(2, dtype=m.dtype).view(1, 1, 2, 2) - m).mean()
-  np.testing.assert_allclose(got["equivariance_value"], value.item(), rtol=1e-9)
-  np.testing.assert_allclose(got["equivariance_jacobian"], jac.item(),
-                             rtol=1e-9)
-
-
-@needs_tps
-def test_equivariance_gradient_matches_finite_differences():
-  """Gradients reach both keypoint sets, including through J_T(kp_t)."""
-  rng = np.random.default_rng(4)
-  with jax.enable_x64(True):
-    params = ops.sample_tps(jax.random.PRNGKey(1), 2, sigma_affine=0.05,
                             sigma_tps=0.05, points_tps=5)
+    params = jax.tree_util.tree_map(np.asarray, params)
     kp_d, kp_t = _random_kp(rng), _random_kp(rng)
 
     def f(v):
       terms = G.equivariance_losses(kp_d, dict(kp_t, value=v), params)
-      return terms["equivariance_value"] + terms["equivariance_jacobian"]
+      return terms["equivariance_value"] + terms["equivariance_jacobian"], terms
 
-    v = jnp.asarray(kp_t["value"])
-    g = np.asarray(jax.grad(f)(v))
-    direction = rng.normal(size=v.shape)
-    eps = 1e-6
-    fd = (f(v + eps * direction) - f(v - eps * direction)) / (2 * eps)
-  np.testing.assert_allclose(np.sum(g * direction), fd, rtol=1e-5)
+    (_, terms), grad = jax.jit(jax.value_and_grad(f, has_aux=True))(
+        jnp.asarray(kp_t["value"]))
+  value, jac, ref_grad = _torch_equivariance(kp_d, kp_t, params)
+  np.testing.assert_allclose(terms["equivariance_value"], value, rtol=1e-9)
+  np.testing.assert_allclose(terms["equivariance_jacobian"], jac, rtol=1e-9)
+  np.testing.assert_allclose(grad, ref_grad, rtol=1e-7, atol=1e-10)
 
 
-def test_inverse_2x2():
-  m = np.random.default_rng(5).normal(size=(3, 4, 2, 2)) + 2 * np.eye(2)
-  np.testing.assert_allclose(G.inverse_2x2(jnp.asarray(m)), np.linalg.inv(m),
-                             rtol=1e-5, atol=1e-6)
+def test_equivariance_is_zero_for_consistent_keypoints():
+  """kp_d = T(kp_t) and J_d = J_T J_t make both terms vanish."""
+  rng = np.random.default_rng(4)
+  params = ops.sample_tps(jax.random.PRNGKey(1), 2, sigma_affine=0.05,
+                          sigma_tps=0.005, points_tps=5)
+  kp_t = {k: jnp.asarray(v, jnp.float32) for k, v in _random_kp(rng).items()}
+
+  @jax.jit
+  def consistent_terms(params, kp_t):
+    kp_d = {"value": ops.warp_coordinates(params, kp_t["value"]),
+            "jacobian": ops.tps_jacobian(params, kp_t["value"])
+                        @ kp_t["jacobian"]}
+    no_jac = G.equivariance_losses({"value": kp_d["value"]}, kp_t, params)
+    return G.equivariance_losses(kp_d, kp_t, params), no_jac
+
+  terms, no_jac = consistent_terms(params, kp_t)
+  assert float(terms["equivariance_value"]) < 1e-7
+  assert float(terms["equivariance_jacobian"]) < 1e-5
+  assert set(no_jac) == {"equivariance_value"}
 
 
 # --------------------------------------------------------------------------

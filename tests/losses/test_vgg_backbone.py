@@ -51,8 +51,19 @@ def torch_slices(params, x_nhwc, layers, ends):
 
 @pytest.fixture(scope="module")
 def vgg19_params():
-  variables = vgg.init_random(jax.random.PRNGKey(0), "vgg19", (32, 32))
-  return jax.tree_util.tree_map(np.asarray, variables["params"])
+  """He-normal weights in the shapes the module declares (traced, not
+  compiled: jax.eval_shape of its init), small random biases."""
+  shapes = jax.eval_shape(vgg.VGGFeatures().init, jax.random.PRNGKey(0),
+                          jnp.zeros((1, 32, 32, 3)))["params"]
+  rng = np.random.default_rng(0)
+  out = {}
+  for name, leaves in shapes.items():
+    k = leaves["kernel"].shape
+    out[name] = {
+        "kernel": (rng.normal(size=k) * np.sqrt(2.0 / np.prod(k[:3]))
+                   ).astype(np.float32),
+        "bias": (0.01 * rng.normal(size=leaves["bias"].shape)).astype(np.float32)}
+  return out
 
 
 def test_vgg19_names_shapes_and_torch_parity(vgg19_params):
