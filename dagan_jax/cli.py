@@ -20,6 +20,7 @@ from dagan_jax.errors import DaganError
 COMMANDS: dict[str, tuple[str, str]] = {
     "convert": ("dagan_jax.convert.cli_convert", "Convert official PyTorch DaGAN checkpoints to Flax variables."),
     "data": ("dagan_jax.input.cli_data", "Validate a dataset before a long run (data check)."),
+    "train": ("dagan_jax.training.cli_train", "Train DaGAN / DaGAN++ or the face depth network from a config file."),
 }
 
 

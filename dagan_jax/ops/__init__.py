@@ -26,6 +26,9 @@ from dagan_jax.ops.pyramid import (anti_alias_downsample, anti_alias_kernel,
 from dagan_jax.ops.sampling import grid_sample, resize_bilinear, resize_nearest
 from dagan_jax.ops.tps import (TPSParams, sample_tps, tps_jacobian,
                                warp_coordinates, warp_frame)
+from dagan_jax.ops.attention import (attention, attention_rows,
+                                     blockwise_attention, naive_attention,
+                                     xla_attention)
 
 __all__ = [
     'make_coordinate_grid',
@@ -55,4 +58,9 @@ __all__ = [
     'backproject',
     'project',
     'inverse_warp',
+    'attention',
+    'attention_rows',
+    'blockwise_attention',
+    'naive_attention',
+    'xla_attention',
 ]

@@ -1,0 +1,643 @@
+"""Training the talking-head model (DaGAN, DaGAN++) from a config file.
+
+Reads top to bottom as one program: :func:`train_and_evaluate` sets up the
+mesh, the data, the networks (the face depth network loaded frozen), the
+optimisers and the checkpoint, then loops over one compiled step.
+
+**The step** (:func:`make_train_step`) reproduces one iteration of the
+official ``train.py``: the generator update (keypoint detector + generator,
+loss of ``GeneratorFullModel``: pyramid perceptual, LSGAN generator, feature
+matching, equivariance value and Jacobian, keypoint distance) followed by the
+discriminator update (LSGAN on the detached prediction), in a single jitted
+function. It is data-parallel: a per-device function run with
+``jax.shard_map`` over the ``('data',)`` mesh, with explicit collectives:
+gradients and metrics are ``pmean``-ed, BatchNorm statistics are
+synchronised over ``data`` (the official SyncBatchNorm). The random TPS of
+the equivariance loss is drawn for the *global* batch from the step's key
+before the batch is split, so the step computes the same numbers on 1 or N
+devices for the same global batch.
+
+Faithful details: the keypoint detector runs on the source, the driving and
+the TPS-warped driving frame in that order (BatchNorm running statistics are
+updated three times, as in PyTorch); the discriminator sees the driving
+keypoints' Gaussians with the keypoints detached in both updates; the
+discriminator update uses the prediction made with the generator *before*
+its update; ``kp_distance`` in its official 'sign' form has zero gradient
+(logged and summed as the official code does).
+
+**Safety**: a step whose loss or gradient is not finite leaves the state
+unchanged (so the last good state and checkpoint stay intact) and the loop
+raises :class:`~dagan_jax.errors.NonFiniteLossError` naming the step and
+the offending terms. SIGTERM saves a checkpoint and exits.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import logging
+import math
+import pathlib
+import time
+from typing import Any, Callable, Mapping
+
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import PartitionSpec as P
+
+from dagan_jax import checkpoints, ops
+from dagan_jax.errors import ConfigError, NonFiniteLossError
+from dagan_jax.losses import generator as gen_losses
+from dagan_jax.losses.weights import apply_loss_weights, total_loss
+from dagan_jax.models import build as build_lib
+from dagan_jax.training import optim, parallel
+from dagan_jax.training.checkpointing import Checkpointer, PreemptionGuard, abstract_like
+from dagan_jax.training.monitor import Monitor
+
+log = logging.getLogger(__name__)
+Array = jax.Array
+
+#: Networks trained in this stage (each with its own optimiser).
+TRAINED = ("kp_detector", "generator", "discriminator")
+
+
+@flax.struct.dataclass
+class TrainState:
+  """Everything that changes during training (replicated on every device)."""
+  step: Array                      # int32 scalar: finished steps
+  params: dict[str, Any]           # {network: params} for TRAINED
+  batch_stats: dict[str, Any]      # {network: batch_stats} (networks with state)
+  opt_state: dict[str, Any]        # {network: optax state}
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+  """The static pieces a step closes over (modules, optimisers, settings)."""
+  models: build_lib.Models
+  optimizers: Mapping[str, optax.GradientTransformation]
+  vgg: Any                          # VGGFeatures module or None
+  scales: tuple[float, ...]         # perceptual pyramid scales
+  loss_weights: Mapping[str, Any]
+  transform_params: Mapping[str, Any]
+  kp_distance_form: str
+  kp_distance_threshold: float
+  use_depth_network: bool
+  compute_dtype: Any
+  global_batch_size: int
+
+  @property
+  def disc_scales(self) -> tuple[float, ...]:
+    return tuple(norm_scale(s) for s in self.models.discriminator.scales)
+
+  @property
+  def use_gan(self) -> bool:
+    return float(self.loss_weights["generator_gan"]) != 0
+
+  @property
+  def use_equivariance(self) -> bool:
+    lw = self.loss_weights
+    return float(lw["equivariance_value"]) + float(lw["equivariance_jacobian"]) != 0
+
+
+# --------------------------------------------------------------------------
+# Setup
+
+def requires_depth_network(config) -> bool:
+  """Whether the model consumes depth (keypoints on RGB-D or depth attention)."""
+  try:
+    from dagan_jax.models import variants  # pylint: disable=import-outside-toplevel
+    return bool(variants.requires_depth_network(config))
+  except ImportError:
+    return True
+
+
+def make_task(config, *, global_batch_size: int, steps_per_epoch: int,
+              axis_name: str | None = parallel.DATA_AXIS,
+              vgg: Any = None) -> Task:
+  """Builds modules and optimisers from ``config`` (no parameters yet)."""
+  tp = config.train_params
+  models = build_lib.build_models(config, axis_name=axis_name)
+  disc_scales = set(norm_scale(s) for s in models.discriminator.scales)
+  scales = tuple(norm_scale(s) for s in tp.scales)
+  if not disc_scales <= set(scales):
+    raise ConfigError(
+        f"discriminator_params.scales {sorted(disc_scales)} must be among "
+        f"train_params.scales {list(scales)} (the discriminator reads the "
+        "image pyramid)")
+  dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(
+      str(tp.get("compute_dtype", "float32")))
+  if dtype is None:
+    raise ConfigError(f"train_params.compute_dtype is {tp.compute_dtype!r}; "
+                      "expected 'float32' or 'bfloat16'")
+  form = str(tp.get("kp_distance_form", "sign"))
+  if form not in ("sign", "hinge"):
+    raise ConfigError(f"train_params.kp_distance_form is {form!r}; expected "
+                      "'sign' (official, logged only) or 'hinge'")
+  return Task(
+      models=models,
+      optimizers=optim.talking_head_optimizers(tp, steps_per_epoch),
+      vgg=vgg, scales=scales,
+      loss_weights=tp.loss_weights.to_dict() if hasattr(tp.loss_weights, "to_dict")
+      else dict(tp.loss_weights),
+      transform_params=dict(tp.transform_params),
+      kp_distance_form=form,
+      kp_distance_threshold=float(tp.get("kp_distance_threshold", 0.2)),
+      use_depth_network=requires_depth_network(config),
+      compute_dtype=dtype, global_batch_size=global_batch_size)
+
+
+def create_train_state(task: Task, variables: Mapping[str, Any]) -> TrainState:
+  """The initial state from ``{network: variables}`` (e.g. init_variables)."""
+  params = {n: variables[n]["params"] for n in TRAINED}
+  batch_stats = {n: variables[n]["batch_stats"] for n in TRAINED
+                 if "batch_stats" in variables[n]}
+  opt_state = {n: task.optimizers[n].init(params[n]) for n in TRAINED}
+  return TrainState(step=jnp.zeros((), jnp.int32), params=params,
+                    batch_stats=batch_stats, opt_state=opt_state)
+
+
+def net_variables(state: TrainState, name: str) -> dict[str, Any]:
+  out = {"params": state.params[name]}
+  if name in state.batch_stats:
+    out["batch_stats"] = state.batch_stats[name]
+  return out
+
+
+# --------------------------------------------------------------------------
+# Losses (per device)
+
+def _cast(tree: Any, dtype) -> Any:
+  if dtype == jnp.float32:
+    return tree
+  return jax.tree_util.tree_map(
+      lambda x: x.astype(dtype) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+      tree)
+
+
+def _f32(tree: Any) -> Any:
+  return jax.tree_util.tree_map(
+      lambda x: x.astype(jnp.float32) if jnp.issubdtype(x.dtype, jnp.floating) else x,
+      tree)
+
+
+def _depth(task: Task, frozen: Mapping[str, Any], images: Array) -> Array | None:
+  """Frozen ``disp0`` (eval mode, no gradient)."""
+  if not task.use_depth_network:
+    return None
+  disp = build_lib.depth_fn(task.models, frozen, images)
+  return jax.lax.stop_gradient(disp)
+
+
+def _apply_stateful(module, variables: dict[str, Any], *args):
+  """Applies a network in train mode; returns (output, new batch_stats | None)."""
+  if "batch_stats" in variables:
+    out, upd = module.apply(variables, *args, mutable=["batch_stats"])
+    return out, upd["batch_stats"]
+  return module.apply(variables, *args), None
+
+
+def generator_loss_fn(trainable: dict[str, Any], state: TrainState,
+                      batch: Mapping[str, Array], tps: ops.TPSParams,
+                      frozen: Mapping[str, Any], task: Task):
+  """Official ``GeneratorFullModel.forward`` as a pure function.
+
+  ``trainable`` holds the keypoint detector's and the generator's params (the
+  differentiated argument). Returns ``(total, aux)`` with ``aux`` = (weighted
+  terms, updated batch stats, prediction, driving keypoints).
+  """
+  models, dt = task.models, task.compute_dtype
+  src = batch["source"].astype(dt)
+  drv = batch["driving"].astype(dt)
+  frozen_c = _cast(frozen, dt)
+  d_src = _depth(task, frozen_c["depth"], src) if frozen_c.get("depth") else None
+  d_drv = _depth(task, frozen_c["depth"], drv) if frozen_c.get("depth") else None
+  new_stats = dict(state.batch_stats)
+
+  kp_vars = {"params": _cast(trainable["kp_detector"], dt)}
+  if "kp_detector" in state.batch_stats:
+    kp_vars["batch_stats"] = state.batch_stats["kp_detector"]
+
+  def detect(images, disp):
+    out, stats = _apply_stateful(models.kp_detector, kp_vars,
+                                 build_lib.kp_detector_input(models, images, disp))
+    if stats is not None:
+      kp_vars["batch_stats"] = stats
+    return _f32(out)
+
+  kp_src = detect(src, d_src)
+  kp_drv = detect(drv, d_drv)
+  gen_vars = {"params": _cast(trainable["generator"], dt)}
+  if "generator" in state.batch_stats:
+    gen_vars["batch_stats"] = state.batch_stats["generator"]
+  gen_out, gen_stats = _apply_stateful(models.generator, gen_vars, src,
+                                       _cast(kp_drv, dt), _cast(kp_src, dt),
+                                       d_src, d_drv)
+  if gen_stats is not None:
+    new_stats["generator"] = gen_stats
+  pred = gen_out["prediction"].astype(jnp.float32)
+  drv32 = batch["driving"]
+
+  lw = task.loss_weights
+  all_scales = tuple(sorted(set(task.scales) | set(task.disc_scales), reverse=True))
+  pyr_real = ops.image_pyramid(drv32, all_scales)
+  pyr_fake = ops.image_pyramid(pred, all_scales)
+  terms: dict[str, Array] = {}
+  if sum(float(w) for w in lw["perceptual"]) != 0:
+    vgg_params = frozen_c["vgg"]
+    vgg_apply = lambda x: [f.astype(jnp.float32)  # noqa: E731
+                           for f in task.vgg.apply(vgg_params, x.astype(dt))]
+    terms.update(gen_losses.perceptual_pyramid_loss(
+        vgg_apply, {_key(s): pyr_real[_key(s)] for s in task.scales},
+        {_key(s): pyr_fake[_key(s)] for s in task.scales}, lw["perceptual"]))
+  if task.use_gan:
+    kp_det = jax.lax.stop_gradient(kp_drv)
+    disc_vars = {"params": jax.lax.stop_gradient(state.params["discriminator"])}
+    if "discriminator" in state.batch_stats:
+      disc_vars["batch_stats"] = state.batch_stats["discriminator"]
+    disc_pyr = lambda pyr: {_key(s): pyr[_key(s)] for s in task.disc_scales}  # noqa: E731
+    d_fake = models.discriminator.apply(disc_vars, disc_pyr(pyr_fake), kp_det)
+    d_real = models.discriminator.apply(disc_vars, disc_pyr(pyr_real), kp_det)
+    terms.update(gen_losses.lsgan_generator_loss(d_fake))
+    if sum(float(w) for w in lw["feature_matching"]) != 0:
+      terms.update(gen_losses.feature_matching_loss(d_real, d_fake,
+                                                    lw["feature_matching"]))
+  if task.use_equivariance:
+    transformed = ops.warp_frame(tps, drv32)
+    d_t = (_depth(task, frozen_c["depth"], transformed.astype(dt))
+           if frozen_c.get("depth") else None)
+    kp_t = detect(transformed.astype(dt), d_t)
+    eq = gen_losses.equivariance_losses(kp_drv, kp_t, tps)
+    for name in ("equivariance_value", "equivariance_jacobian"):
+      if float(lw[name]) != 0 and name in eq:
+        terms[name] = eq[name]
+  if float(lw.get("kp_distance", 0)) != 0:
+    terms.update(gen_losses.keypoint_distance_terms(
+        kp_src, kp_drv, task.kp_distance_threshold, task.kp_distance_form))
+  if "batch_stats" in kp_vars:
+    new_stats["kp_detector"] = kp_vars["batch_stats"]
+  weighted = apply_loss_weights(terms, lw)
+  return total_loss(weighted), (weighted, new_stats, pred, kp_drv)
+
+
+def norm_scale(scale: float | int) -> float | int:
+  """1.0 -> 1 (the official code formats scales with ``str``: 'prediction_1')."""
+  return int(scale) if float(scale).is_integer() else float(scale)
+
+
+def _key(scale: float | int) -> str:
+  """Pyramid key of a scale as the official code formats it."""
+  return "prediction_" + str(norm_scale(scale))
+
+
+def discriminator_loss_fn(disc_params: Any, state: TrainState, driving: Array,
+                          prediction: Array, kp_driving: Mapping[str, Array],
+                          task: Task):
+  """Official ``DiscriminatorFullModel.forward``: LSGAN on real vs detached fake."""
+  models = task.models
+  pyr_real = ops.image_pyramid(driving, task.disc_scales)
+  pyr_fake = ops.image_pyramid(jax.lax.stop_gradient(prediction), task.disc_scales)
+  kp = jax.lax.stop_gradient(kp_driving)
+  variables = {"params": disc_params}
+  stats = state.batch_stats.get("discriminator")
+  if stats is not None:
+    variables["batch_stats"] = stats
+    d_fake, upd = models.discriminator.apply(variables, pyr_fake, kp,
+                                             mutable=["batch_stats"])
+    variables["batch_stats"] = upd["batch_stats"]
+    d_real, upd = models.discriminator.apply(variables, pyr_real, kp,
+                                             mutable=["batch_stats"])
+    stats = upd["batch_stats"]
+  else:
+    d_fake = models.discriminator.apply(variables, pyr_fake, kp)
+    d_real = models.discriminator.apply(variables, pyr_real, kp)
+  weighted = apply_loss_weights(
+      gen_losses.lsgan_discriminator_loss(d_real, d_fake), task.loss_weights)
+  return total_loss(weighted), (weighted, stats)
+
+
+# --------------------------------------------------------------------------
+# The step
+
+def _all_finite(tree: Any) -> Array:
+  leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree_util.tree_leaves(tree)]
+  return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
+
+
+def per_device_step(state: TrainState, batch: Mapping[str, Array],
+                    frozen: Mapping[str, Any], tps: ops.TPSParams, *,
+                    task: Task, axis_name: str | None = parallel.DATA_AXIS
+                    ) -> tuple[TrainState, dict[str, Array]]:
+  """One generator update then one discriminator update on this device's
+  shard of the batch. Collectives over ``axis_name`` (None: one device)."""
+  def pmean(x):
+    return jax.lax.pmean(x, axis_name) if axis_name else x
+
+  trainable = {"kp_detector": state.params["kp_detector"],
+               "generator": state.params["generator"]}
+  (g_total, (g_terms, new_stats, pred, kp_drv)), grads = jax.value_and_grad(
+      generator_loss_fn, has_aux=True)(trainable, state, batch, tps, frozen, task)
+  grads = pmean(grads)
+  new_params = dict(state.params)
+  new_opt = dict(state.opt_state)
+  for name in ("kp_detector", "generator"):
+    updates, new_opt[name] = task.optimizers[name].update(
+        grads[name], state.opt_state[name], state.params[name])
+    new_params[name] = optax.apply_updates(state.params[name], updates)
+  metrics = {**g_terms, "generator_total": g_total,
+             "grad_norm_generator": optax.global_norm(grads["generator"]),
+             "grad_norm_kp_detector": optax.global_norm(grads["kp_detector"])}
+  finite = [g_total, grads]
+  if task.use_gan:
+    (d_total, (d_terms, d_stats)), d_grads = jax.value_and_grad(
+        discriminator_loss_fn, has_aux=True)(
+            state.params["discriminator"], state, batch["driving"], pred,
+            kp_drv, task)
+    d_grads = pmean(d_grads)
+    updates, new_opt["discriminator"] = task.optimizers["discriminator"].update(
+        d_grads, state.opt_state["discriminator"], state.params["discriminator"])
+    new_params["discriminator"] = optax.apply_updates(
+        state.params["discriminator"], updates)
+    if d_stats is not None:
+      new_stats["discriminator"] = d_stats
+    metrics.update(d_terms)
+    metrics["discriminator_total"] = d_total
+    metrics["grad_norm_discriminator"] = optax.global_norm(d_grads)
+    finite += [d_total, d_grads]
+  metrics = pmean(metrics)
+  ok = pmean(_all_finite(finite).astype(jnp.float32)) == 1.0
+  new_state = TrainState(step=state.step + 1, params=new_params,
+                         batch_stats=new_stats, opt_state=new_opt)
+  # A non-finite step changes nothing: the caller sees `finite` and stops.
+  new_state = jax.tree_util.tree_map(lambda n, o: jnp.where(ok, n, o),
+                                     new_state, state)
+  metrics["finite"] = ok.astype(jnp.float32)
+  return new_state, metrics
+
+
+def make_train_step(task: Task, mesh) -> Callable:
+  """``step(state, batch, frozen, key) -> (state, metrics)``, jitted, with the
+  state donated. ``batch`` is the global batch sharded along ``data``."""
+  tp = task.transform_params
+  spec_tps = ops.TPSParams(P(parallel.DATA_AXIS), P(), P(parallel.DATA_AXIS))
+  sharded = jax.shard_map(
+      functools.partial(per_device_step, task=task),
+      mesh=mesh, in_specs=(P(), P(parallel.DATA_AXIS), P(), spec_tps),
+      out_specs=(P(), P()),
+      # pmap semantics: per-device gradients, reduced by the explicit pmean
+      # (with check_vma, gradients of replicated params would be psum-ed
+      # implicitly and the pmean would leave them N times too large).
+      check_vma=False)
+
+  def step(state, batch, frozen, key):
+    tps = ops.sample_tps(key, task.global_batch_size,
+                         sigma_affine=float(tp["sigma_affine"]),
+                         sigma_tps=float(tp["sigma_tps"]),
+                         points_tps=int(tp["points_tps"]))
+    return sharded(state, batch, frozen, tps)
+
+  return jax.jit(step, donate_argnums=(0,))
+
+
+# --------------------------------------------------------------------------
+# Frozen networks
+
+def resolve_model_dir(path: str | pathlib.Path) -> pathlib.Path:
+  """A model directory, or a training workdir holding one in ``model/``."""
+  p = pathlib.Path(path).expanduser()
+  if not (p / checkpoints.VARIABLES_DIR).is_dir() and (p / "model").is_dir():
+    return p / "model"
+  return p
+
+
+def load_frozen(config, task: Task) -> tuple[dict[str, Any], list[str]]:
+  """The frozen depth network and perceptual backbone, with log lines."""
+  from dagan_jax.models import vgg as vgg_lib  # pylint: disable=import-outside-toplevel
+  tp = config.train_params
+  frozen: dict[str, Any] = {}
+  notes = []
+  if task.use_depth_network:
+    path = str(tp.get("depth_checkpoint", "") or "")
+    if path:
+      _, variables = checkpoints.load_model(
+          resolve_model_dir(path), config,
+          required=("depth_encoder", "depth_decoder"))
+      frozen["depth"] = {n: variables[n] for n in ("depth_encoder", "depth_decoder")}
+      notes.append(f"face depth network: frozen, from {path}")
+    else:
+      key = jax.random.key(int(config.get("seed", 0)) + 17)
+      variables = build_lib.init_variables(task.models, key,
+                                           names=("depth_encoder", "depth_decoder"))
+      frozen["depth"] = variables
+      notes.append("face depth network: RANDOM weights (train_params."
+                   "depth_checkpoint is empty) -- fine for a smoke run, not for "
+                   "real training: train a depth config first")
+  if sum(float(w) for w in task.loss_weights["perceptual"]) != 0:
+    _, vgg_vars, desc = vgg_lib.load_perceptual_backbone(
+        tp.get("vgg19_weights", "") or None,
+        arch=tp.get("perceptual_backbone", None) or None)
+    frozen["vgg"] = vgg_vars
+    notes.append(f"perceptual loss backbone: {desc}")
+  return frozen, notes
+
+
+# --------------------------------------------------------------------------
+# The program
+
+def epoch_size(config, split_data) -> int:
+  """Records in one epoch (all hosts): repeats x persons (or clips)."""
+  from dagan_jax.input import clips as clips_lib  # pylint: disable=import-outside-toplevel
+  groups = clips_lib.group_clips(split_data.clips,
+                                 bool(config.dataset_params.get("id_sampling", False)))
+  return len(groups) * int(config.train_params.num_repeats)
+
+
+def train_and_evaluate(config, workdir: str | pathlib.Path, *,
+                       max_steps: int | None = None,
+                       progress: bool = True) -> dict[str, Any]:
+  """Trains the talking-head model described by ``config`` in ``workdir``.
+
+  Resumes from the latest checkpoint in ``workdir`` if there is one. Returns a
+  summary dict (final step, last metrics, evaluation results).
+  """
+  from dagan_jax.input import pipeline  # pylint: disable=import-outside-toplevel
+  from dagan_jax.models import vgg as vgg_lib  # pylint: disable=import-outside-toplevel
+  from dagan_jax.training import evaluation as train_eval  # pylint: disable=import-outside-toplevel
+
+  workdir = pathlib.Path(workdir)
+  workdir.mkdir(parents=True, exist_ok=True)
+  tp = config.train_params
+  seed = int(config.get("seed", 0))
+  mesh = parallel.make_mesh()
+  global_bs = int(tp.batch_size)
+  host_bs = parallel.per_host_batch_size(global_bs, mesh)
+  skip_bad = bool(tp.get("skip_bad_data", False))
+
+  # Data.
+  split_data = pipeline.open_split(config.dataset_params, "train",
+                                   skip_bad=skip_bad)
+  records = epoch_size(config, split_data)
+  steps_per_epoch = max(records // global_bs, 1)
+  total_steps = int(tp.get("max_steps", 0) or 0) or int(tp.num_epochs) * steps_per_epoch
+  if max_steps is not None:
+    total_steps = min(total_steps, max_steps)
+  dataset = pipeline.make_pair_dataset(
+      config.dataset_params, split="train", seed=seed, batch_size=host_bs,
+      num_repeats=int(tp.num_repeats), num_workers=int(tp.get("num_workers", 0)),
+      skip_bad=skip_bad, split_data=split_data)
+  data_iter = iter(dataset)
+
+  # Networks.
+  vgg_module = None
+  lw = tp.loss_weights
+  if sum(float(w) for w in lw.perceptual) != 0:
+    arch = "vgg19" if (tp.get("vgg19_weights", "") or
+                       tp.get("perceptual_backbone", "") == "vgg19") else "vgg16"
+    vgg_module = vgg_lib.VGGFeatures(arch=arch)
+  task = make_task(config, global_batch_size=global_bs,
+                   steps_per_epoch=steps_per_epoch, vgg=vgg_module)
+  frozen, notes = load_frozen(config, task)
+  init_vars = build_lib.init_variables(task.models, jax.random.key(seed),
+                                       names=TRAINED)
+  state = create_train_state(task, init_vars)
+  state = parallel.replicate(state, mesh)
+  frozen = parallel.replicate(frozen, mesh)
+
+  ckpt = Checkpointer(workdir, max_to_keep=int(tp.get("keep_checkpoints", 3)))
+  meta = {"trainer": "talking_head", "skipped": 0}
+  if ckpt.latest_step() is not None:
+    state, meta = ckpt.restore(abstract_like(state), data_iter)
+    notes.append(f"resumed from {ckpt.directory / str(ckpt.latest_step())}")
+  start = int(parallel.to_host(state.step))
+  train_step = make_train_step(task, mesh)
+
+  monitor = Monitor(workdir, total_steps=total_steps, initial_step=start,
+                    progress=progress, description=config.get("name", "train"))
+  for line in notes + [
+      f"devices: {mesh.devices.size} ({jax.devices()[0].platform}), "
+      f"{jax.process_count()} process(es); global batch {global_bs}, "
+      f"{steps_per_epoch} steps/epoch, {total_steps} steps",
+      f"train clips: {len(split_data.clips)} "
+      f"(excluded as bad: {len(split_data.excluded)})"]:
+    log.info(line)
+    monitor.write(line)
+
+  base_key = jax.random.key(seed + 1)
+  log_every = max(int(tp.get("log_every", 10)), 1)
+  ckpt_every = max(int(tp.get("checkpoint_every", 1000)), 1)
+  image_every = int(tp.get("image_every", 0) or 0)
+  eval_every = int(tp.get("eval_every", 0) or 0)
+  skipped = int(meta.get("skipped", 0))
+  vis_batch = None
+  last: dict[str, float] = {}
+  pending = None   # (step, metrics) of the previous step, fetched one step late
+  summary: dict[str, Any] = {"notes": notes}
+  if start >= total_steps:
+    notes.append(f"already at step {start} of {total_steps}: nothing to do")
+
+  def save(step_done: int, force: bool = False) -> None:
+    ckpt.save(step_done, state, data_iter,
+              {"trainer": "talking_head", "skipped": skipped,
+               "config": _config_yaml(config)}, force=force)
+
+  def check(step_done: int, metrics) -> dict[str, float]:
+    values = {k: float(v) for k, v in parallel.to_host(metrics).items()}
+    if values.pop("finite", 1.0) != 1.0:
+      bad = sorted(k for k, v in values.items() if not math.isfinite(v)) or [
+          "a gradient"]
+      ckpt.wait()
+      raise NonFiniteLossError(
+          f"step {step_done}: non-finite {', '.join(bad)} (the state of step "
+          f"{step_done - 1} is kept; last checkpoint: "
+          f"{ckpt.latest_step()} in {ckpt.directory}). Lower the learning "
+          "rate, check the data, or try compute_dtype='float32'.")
+    return values
+
+  def process(item) -> None:
+    """Checks (and logs) one finished step's metrics; raises if not finite."""
+    nonlocal last
+    done, metrics = item
+    values = check(done, metrics)
+    if done % log_every == 0 or done == 1 or done == total_steps:
+      last = values
+      monitor.scalars(done, {**values, "skipped_clips": skipped,
+                             "steps_per_second": monitor.steps_per_second(done)})
+    monitor.advance(done, {"G": values.get("generator_total", 0.0),
+                           "D": values.get("discriminator_total", 0.0)})
+
+  if eval_every and start == 0:
+    results = train_eval.reconstruction_l1(config, task, state, frozen)
+    monitor.scalars(0, results, prefix="eval")
+    monitor.write(f"step 0 (untrained): eval {results}")
+    summary["eval_initial"] = results
+
+  t_start = time.perf_counter()
+  step = start
+  try:
+    with PreemptionGuard() as guard:
+      while step < total_steps:
+        local = next(data_iter)
+        skipped += int(np.sum(local.pop("skipped", 0)))
+        if vis_batch is None:
+          vis_batch = {k: np.asarray(v)[:min(4, host_bs)] for k, v in local.items()}
+        batch = parallel.global_batch(local, mesh)
+        state, metrics = train_step(state, batch, frozen,
+                                    jax.random.fold_in(base_key, step))
+        step += 1
+        # Metrics are fetched one step late so the host never stalls the
+        # device, except before a checkpoint: only verified states are saved.
+        if pending is not None:
+          process(pending)
+        pending = (step, metrics)
+        if step % ckpt_every == 0 or guard.requested or step == total_steps:
+          process(pending)
+          pending = None
+          save(step, force=True)
+        if image_every and (step % image_every == 0 or step == 1):
+          monitor.image(step, "train/samples",
+                        train_eval.sample_grid(task, state, frozen, vis_batch))
+        if eval_every and step % eval_every == 0:
+          results = train_eval.reconstruction_l1(config, task, state, frozen)
+          monitor.scalars(step, results, prefix="eval")
+          monitor.write(f"step {step}: eval {results}")
+          summary["eval"] = results
+        if guard.requested:
+          monitor.write(f"stopping at step {step} on signal {guard.requested}; "
+                        "rerun the same command to resume from this checkpoint")
+          summary["stopped_by_signal"] = guard.requested
+          break
+      ckpt.wait()
+  except BaseException:
+    monitor.close()
+    ckpt.close()
+    raise
+  elapsed = time.perf_counter() - t_start
+  export_dir = export_model(config, task, state, frozen, workdir)
+  summary.update({"step": step, "metrics": last, "skipped_clips": skipped,
+                  "seconds": elapsed, "model_dir": str(export_dir),
+                  "steps_per_second": (step - start) / elapsed if elapsed else 0.0})
+  monitor.write(f"done: step {step}, {summary['steps_per_second']:.3g} steps/s; "
+                f"model written to {export_dir}")
+  monitor.close()
+  ckpt.close()
+  return summary
+
+
+def _config_yaml(config) -> str:
+  from dagan_jax.config import to_yaml  # pylint: disable=import-outside-toplevel
+  return to_yaml(config)
+
+
+def export_model(config, task: Task, state: TrainState,
+                 frozen: Mapping[str, Any], workdir: pathlib.Path) -> pathlib.Path:
+  """Writes ``workdir/model`` (a model directory every command loads)."""
+  host_state = parallel.to_host(state)
+  variables = {n: net_variables(host_state, n) for n in TRAINED}
+  if "depth" in frozen:
+    variables.update(parallel.to_host(frozen["depth"]))
+  return checkpoints.save_model(workdir / "model", variables, config,
+                                overwrite=True,
+                                info={"step": int(host_state.step),
+                                      "trainer": "talking_head"})

@@ -1,0 +1,160 @@
+"""The talking-head trainer: real steps on tiny configs (32x32 vox_mini frames)."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+from flax import traverse_util
+
+from train_helpers import tiny_config
+from dagan_jax import config as config_lib
+from dagan_jax.errors import NonFiniteLossError
+from dagan_jax.input import pipeline
+from dagan_jax.models import build as build_lib
+from dagan_jax.models.vgg import VGGFeatures
+from dagan_jax.training import parallel
+from dagan_jax.training import talking_head as th
+from dagan_jax.training.monitor import read_metrics
+
+
+def _fixed_batch(cfg, batch_size=4):
+  ds = pipeline.make_pair_dataset(cfg.dataset_params, split="train", seed=3,
+                                  batch_size=batch_size, num_repeats=1)
+  batch = next(iter(ds))
+  batch.pop("skipped")
+  return batch
+
+
+def _run_steps(cfg, devices, batch, num_steps=2):
+  mesh = parallel.make_mesh(devices)
+  task = th.make_task(cfg, global_batch_size=4, steps_per_epoch=10,
+                      vgg=VGGFeatures(arch="vgg16"))
+  frozen, _ = th.load_frozen(cfg, task)
+  variables = build_lib.init_variables(task.models, jax.random.key(0),
+                                       names=th.TRAINED)
+  state = parallel.replicate(th.create_train_state(task, variables), mesh)
+  frozen = parallel.replicate(frozen, mesh)
+  step = th.make_train_step(task, mesh)
+  metrics, states = [], []
+  for i in range(num_steps):
+    state, m = step(state, parallel.global_batch(batch, mesh), frozen,
+                    jax.random.key(10 + i))
+    metrics.append(parallel.to_host(m))
+    states.append(parallel.to_host(state))
+  return metrics, states
+
+
+def test_step_on_4_devices_equals_1_device(vox_root):
+  """Data parallelism changes no number: same global batch, same key."""
+  cfg = tiny_config(vox_root)
+  batch = _fixed_batch(cfg)
+  m1, s1 = _run_steps(cfg, jax.devices()[:1], batch)
+  m4, s4 = _run_steps(cfg, jax.devices()[:4], batch)
+  # Step 1 (same parameters): losses agree to float precision; gradient
+  # norms to ~1e-3, because a sub-ulp change in a forward value flips the
+  # branch of a non-smooth op (grid_sample's floor, ReLU, max-pool) at a few
+  # pixels. The synchronised BatchNorm gradient itself is exact
+  # (test_sync_batchnorm.py).
+  for k in m1[0]:
+    rtol = 1e-2 if k.startswith("grad_norm") else 2e-4
+    np.testing.assert_allclose(m1[0][k], m4[0][k], rtol=rtol, atol=1e-5, err_msg=k)
+  # Step 2: Adam's first update is lr * sign(g), so gradient entries that are
+  # float noise (conv biases in front of BatchNorm, whose true gradient is
+  # 0) moved by +-lr; the losses still agree closely.
+  assert m1[1]["finite"] == m4[1]["finite"] == 1.0
+  for k in m1[1]:
+    if not k.startswith("grad_norm"):
+      np.testing.assert_allclose(m1[1][k], m4[1][k], rtol=5e-3, atol=1e-5, err_msg=k)
+  # Parameters after the first update: identical but for entries whose
+  # gradient is float noise, which Adam moves by +-lr either way.
+  lr = cfg.train_params.lr_generator
+  flat1 = traverse_util.flatten_dict(s1[0].params)
+  flat4 = traverse_util.flatten_dict(s4[0].params)
+  assert flat1.keys() == flat4.keys()
+  diffs = np.concatenate([np.abs(np.ravel(flat1[k]) - np.ravel(flat4[k]))
+                          for k in flat1])
+  assert diffs.max() <= 2 * lr + 1e-6, diffs.max()
+  assert np.mean(diffs <= 1e-6) > 0.98, np.mean(diffs <= 1e-6)
+  # BatchNorm running statistics (synchronised over the 4 devices).
+  np.testing.assert_allclose(
+      np.concatenate([np.ravel(x) for x in jax.tree.leaves(s1[0].batch_stats)]),
+      np.concatenate([np.ravel(x) for x in jax.tree.leaves(s4[0].batch_stats)]),
+      rtol=1e-4, atol=1e-5)
+
+
+def test_interrupted_run_resumes_exactly(tmp_path, vox_root):
+  cfg = tiny_config(vox_root)
+  th.train_and_evaluate(cfg, tmp_path / "a", max_steps=4, progress=False)
+  th.train_and_evaluate(cfg, tmp_path / "b", max_steps=2, progress=False)
+  summary = th.train_and_evaluate(cfg, tmp_path / "b", max_steps=4, progress=False)
+  assert summary["step"] == 4
+  run_a = {r["step"]: r for r in read_metrics(tmp_path / "a")}
+  run_b = {r["step"]: r for r in read_metrics(tmp_path / "b")}
+  assert set(run_a) == set(run_b) == {1, 2, 3, 4}
+  for step in (3, 4):
+    for key in ("generator_total", "perceptual", "equivariance_value",
+                "discriminator_total"):
+      assert run_a[step][key] == run_b[step][key], (step, key)
+  # The exported models are identical too.
+  _, va = th.checkpoints.load_model(tmp_path / "a" / "model")
+  _, vb = th.checkpoints.load_model(tmp_path / "b" / "model")
+  for x, y in zip(jax.tree.leaves(va), jax.tree.leaves(vb)):
+    np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def test_non_finite_loss_stops_naming_step_and_term(tmp_path, vox_root):
+  cfg = tiny_config(vox_root, overrides=["train_params.lr_generator=1e30",
+                                         "train_params.checkpoint_every=1"])
+  with pytest.raises(NonFiniteLossError) as err:
+    th.train_and_evaluate(cfg, tmp_path, max_steps=5, progress=False)
+  msg = str(err.value)
+  assert "step 2" in msg and "generator_total" in msg, msg
+  # Step 1 was good and is the last checkpoint; nothing later was written.
+  ckpt = th.Checkpointer(tmp_path)
+  assert ckpt.all_steps() == [1]
+  ckpt.close()
+
+
+def _write_yaml(cfg, path: pathlib.Path) -> pathlib.Path:
+  path.write_text(config_lib.to_yaml(cfg))
+  return path
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, vox_root):
+  cfg = tiny_config(vox_root, overrides=["train_params.checkpoint_every=1000"])
+  cfg_path = _write_yaml(cfg, tmp_path / "tiny.yaml")
+  workdir = tmp_path / "run"
+  proc = subprocess.Popen(
+      [sys.executable, "-m", "dagan_jax.cli", "train", "--config", str(cfg_path),
+       "--workdir", str(workdir), "--no-progress", "--max-steps", "1000"],
+      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+  deadline = time.time() + 600
+  try:
+    while time.time() < deadline:
+      steps = [r["step"] for r in read_metrics(workdir)]
+      if steps and max(steps) >= 1:
+        break
+      assert proc.poll() is None, proc.stdout.read()
+      time.sleep(1)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=300)
+  finally:
+    if proc.poll() is None:
+      proc.kill()
+  assert proc.returncode == 0, out
+  assert "on signal" in out
+  ckpt = th.Checkpointer(workdir)
+  saved = ckpt.all_steps()
+  ckpt.close()
+  assert saved and 1 <= saved[-1] < 1000
+  meta = json.loads((workdir / "model" / "model_info.json").read_text())
+  assert meta["step"] == saved[-1]
