@@ -120,15 +120,16 @@ class _DepthAwareEncoderMixin:
                         ) -> tuple[Array, dict[str, Array], Array | None]:
     """Returns (attended features, output dict, occlusion map or None)."""
     be, mf, nd = self.block_expansion, self.max_features, self.num_down_blocks
-    ax = self.axis_name
-    out = SameBlock2d(be, 7, 3, axis_name=ax, name="first")(source_image)
+    ax, fe = self.axis_name, self.fast_eval
+    out = SameBlock2d(be, 7, 3, axis_name=ax, fast_eval=fe, name="first")(source_image)
     for i in range(nd):
-      out = DownBlock2d(_channels(be, mf, i + 1), 3, 1, axis_name=ax,
+      out = DownBlock2d(_channels(be, mf, i + 1), 3, 1, axis_name=ax, fast_eval=fe,
                         name=f"down_blocks_{i}")(out)
     self.sow("intermediates", "enc_out", out)
-    src = SameBlock2d(be, 7, 3, axis_name=ax, name="src_first")(source_depth)
+    src = SameBlock2d(be, 7, 3, axis_name=ax, fast_eval=fe,
+                      name="src_first")(source_depth)
     for i in range(nd):
-      src = DownBlock2d(_channels(be, mf, i + 1), 3, 1, axis_name=ax,
+      src = DownBlock2d(_channels(be, mf, i + 1), 3, 1, axis_name=ax, fast_eval=fe,
                         name=f"src_down_blocks_{i}")(src)
     self.sow("intermediates", "src_depth_enc_out", src)
 
@@ -137,7 +138,8 @@ class _DepthAwareEncoderMixin:
     if self.dense_motion_params is not None:
       dm = DenseMotionNetwork(num_kp=self.num_kp, num_channels=self.num_channels,
                               estimate_occlusion_map=self.estimate_occlusion_map,
-                              axis_name=ax, name="dense_motion_network",
+                              axis_name=ax, fast_eval=self.fast_eval,
+                              name="dense_motion_network",
                               **dict(self.dense_motion_params))
       dense = dm(source_image, kp_driving, kp_source)
       output["mask"] = dense["mask"]
@@ -186,6 +188,7 @@ class DepthAwareGenerator(_DepthAwareEncoderMixin, nn.Module):
   attention_fn: AttentionFn | None = None
   attention_implementation: str = "auto"
   attention_rows_stride: int = 128
+  fast_eval: bool = False
 
   @nn.compact
   def __call__(self, source_image: Array, kp_driving: KP, kp_source: KP,
@@ -200,7 +203,7 @@ class DepthAwareGenerator(_DepthAwareEncoderMixin, nn.Module):
     self.sow("intermediates", "bottleneck_out", out)
     for i in range(nd):
       out = UpBlock2d(_channels(be, mf, nd - i - 1), 3, 1, axis_name=self.axis_name,
-                      name=f"up_blocks_{i}")(out)
+                      fast_eval=self.fast_eval, name=f"up_blocks_{i}")(out)
     self.sow("intermediates", "up_out", out)
     out = Conv2d(self.num_channels, 7, padding=3, name="final")(out)
     output["prediction"] = jax.nn.sigmoid(out)
@@ -323,6 +326,7 @@ class SPADEDepthAwareGenerator(_DepthAwareEncoderMixin, nn.Module):
   attention_fn: AttentionFn | None = None
   attention_implementation: str = "auto"
   attention_rows_stride: int = 128
+  fast_eval: bool = False
 
   @nn.compact
   def __call__(self, source_image: Array, kp_driving: KP, kp_source: KP,

@@ -231,3 +231,44 @@ def test_resblock_is_preactivation_residual():
   t = _nchw(x)
   ref = c2(F.relu(bn(c1(F.relu(bn(t, "norm1"))), "norm2"))) + t
   np.testing.assert_allclose(_Wrap().apply(v, jnp.asarray(x)), _nhwc(ref), atol=3e-6)
+
+
+@pytest.mark.parametrize("h,w", [(16, 16), (5, 7)])
+def test_upsample2_conv3x3_equals_upsample_then_conv(h, w):
+  rng = np.random.default_rng(9)
+  x = jnp.asarray(rng.normal(size=(2, h, w, 6)).astype(np.float32))
+  k = jnp.asarray(rng.normal(size=(3, 3, 6, 5)).astype(np.float32))
+  b = jnp.asarray(rng.normal(size=(5,)).astype(np.float32))
+  want = layers.conv2d(layers.upsample_nearest2(x), k, b, padding=1)
+  np.testing.assert_allclose(layers.upsample2_conv3x3(x, k, b), want, atol=1e-5)
+
+
+def test_fold_batchnorm_is_conv_then_eval_batchnorm():
+  rng = np.random.default_rng(10)
+  x = jnp.asarray(rng.normal(size=(1, 9, 9, 4)).astype(np.float32))
+  k = jnp.asarray(rng.normal(size=(3, 3, 4, 6)).astype(np.float32))
+  b, mean, beta = (jnp.asarray(rng.normal(size=6).astype(np.float32)) for _ in range(3))
+  var = jnp.asarray(rng.uniform(0.5, 2, size=6).astype(np.float32))
+  scale = jnp.asarray(rng.uniform(0.5, 2, size=6).astype(np.float32))
+  y = layers.conv2d(x, k, b, padding=1)
+  want = (y - mean) / jnp.sqrt(var + 1e-5) * scale + beta
+  kf, bf = layers.fold_batchnorm(k, b, mean, var, scale, beta)
+  np.testing.assert_allclose(layers.conv2d(x, kf, bf, padding=1), want, atol=2e-5)
+
+
+@pytest.mark.parametrize("block,h", [(layers.UpBlock2d, 16), (layers.UpBlock2d, 4),
+                                     (layers.DownBlock2d, 32), (layers.SameBlock2d, 8)])
+def test_fast_eval_blocks_equal_plain_blocks(block, h):
+  """fast_eval (phase convs, BatchNorm folding) changes nothing but rounding
+  in eval mode, and nothing at all in training mode."""
+  x = jax.random.normal(jax.random.key(3), (2, h, h, 8))
+  plain, fast = block(16), block(16, fast_eval=True)
+  v = plain.init(jax.random.key(4), x)
+  v["batch_stats"] = jax.tree.map(lambda a: a + 0.5, v["batch_stats"])
+  v["params"]["norm"]["scale"] = v["params"]["norm"]["scale"] * 1.7
+  np.testing.assert_allclose(fast.apply(v, x), plain.apply(v, x), atol=2e-5)
+  yp, sp = plain.apply(v, x, mutable=["batch_stats"])
+  yf, sf = fast.apply(v, x, mutable=["batch_stats"])
+  np.testing.assert_array_equal(yp, yf)
+  np.testing.assert_array_equal(sp["batch_stats"]["norm"]["mean"],
+                                sf["batch_stats"]["norm"]["mean"])

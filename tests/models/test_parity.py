@@ -24,14 +24,17 @@ itself differs from its float64 value by ~1.5e-4 on ``deformed`` and
 The free-running generator (everything ours) is checked too, with
 ``FREE_RUN_ATOL`` on those warp-sensitive arrays and 1e-4 on the rest, and a
 fully chained run (our depth -> keypoints -> normalisation -> generator) is
-checked on the final prediction.
+checked on the final prediction. Set ``DAGAN_PARITY_VERBOSE=1`` (with
+``pytest -s``) to print every error.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import pathlib
+import re
 import shlex
 
 import flax.linen as nn
@@ -143,12 +146,18 @@ def _kp(npz, group):
           "jacobian": jnp.asarray(npz[f"{group}/jacobian"])}
 
 
-@pytest.fixture(scope="module")
-def ours(converted, npz):
-  """Every network output the fixture records, under the fixture's names."""
+@pytest.fixture(scope="module", params=[False, True],
+                ids=["plain", "fast_eval"])
+def ours(request, converted, npz):
+  """Every network output the fixture records, under the fixture's names,
+  computed as the official code does (plain) and with the phase-decomposed
+  upsampling convs (``fast_eval``)."""
   from dagan_jax import ops
   config, v, meta = converted
-  models = build.build_models(config)
+  models = build.build_models(config, fast_eval=request.param)
+  stride = re.search(r"::(\d+)", meta.get("attention_rows", "::128"))
+  models = dataclasses.replace(models, generator=models.generator.clone(
+      attention_rows_stride=int(stride.group(1))))
   img = {n: jnp.asarray(to_nhwc("x", npz[f"input/{n}"]))
          for n in ("source", "driving_initial", "driving")}
   got: dict[str, np.ndarray] = {}
@@ -325,6 +334,9 @@ def test_parity(group, ours, npz):
   keys = [k for k in _network_keys(npz) if k.split("/")[0] == group]
   assert keys, f"fixture has no arrays of group {group}"
   errors = _errors(got, npz, keys)
+  if os.environ.get("DAGAN_PARITY_VERBOSE"):
+    for k, e in errors.items():
+      print(f"parity {k}: max abs {e:.2e}")
   bad = {k: e for k, e in errors.items() if not e <= ATOL}
   assert not bad, f"max abs errors above {ATOL}: {bad} (all: {errors})"
 
@@ -338,6 +350,9 @@ def test_generator_free_running(group, ours, npz):
   sensitive = {n for stages in GENERATOR_STAGES.values() for *_, prod in stages
                for n in prod}
   errors = _errors(got, npz, keys, staged=False)
+  if os.environ.get("DAGAN_PARITY_VERBOSE"):
+    for k, e in errors.items():
+      print(f"free-running {k}: max abs {e:.2e}")
   bad = {k: e for k, e in errors.items()
          if not e <= (FREE_RUN_ATOL if k.split("/", 1)[1] in sensitive else ATOL)}
   assert not bad, f"free-running errors too large: {bad} (all: {errors})"
