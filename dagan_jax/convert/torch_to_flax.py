@@ -198,16 +198,11 @@ def expected_torch_keys(abstract: Mapping[str, Any]) -> dict[str, ExpectedLeaf]:
 
 
 def anti_alias_kernel(channels: int, scale: float) -> np.ndarray:
-  """The Gaussian buffer of the official ``AntiAliasInterpolation2d``:
-  ``sigma = (1/scale - 1) / 2``, size ``2 * round(4 sigma) + 1``, normalised,
-  repeated to ``(channels, 1, k, k)``."""
-  sigma = (1 / scale - 1) / 2
-  size = 2 * round(sigma * 4) + 1
-  mean = (size - 1) / 2
-  g = np.exp(-((np.arange(size, dtype=np.float64) - mean) ** 2) / (2 * sigma ** 2))
-  k = np.outer(g, g)
-  k = k / k.sum()
-  return np.broadcast_to(k.astype(np.float32), (channels, 1, size, size)).copy()
+  """The buffer ``down.weight`` of the official ``AntiAliasInterpolation2d``:
+  :func:`dagan_jax.ops.anti_alias_kernel` repeated to ``(channels, 1, k, k)``."""
+  from dagan_jax.ops import anti_alias_kernel as kernel2d
+  k = np.asarray(kernel2d(scale), np.float32)
+  return np.broadcast_to(k, (channels, 1) + k.shape).copy()
 
 
 @dataclasses.dataclass

@@ -226,10 +226,28 @@ def example_inputs(models: Models, batch: int = 1) -> dict[str, tuple]:
   return inputs
 
 
+def init_key(key: jax.Array) -> jax.Array:
+  """An ``'rbg'`` PRNG key derived deterministically from any ``key``.
+
+  Parameter initialisation draws one random array per parameter; with the
+  default threefry PRNG, XLA:CPU spends most of the init compile on those
+  hashes (generator: 19 s vs 4.6 s with 'rbg', measured). The values differ
+  from a threefry init but are a fixed function of ``key``.
+  """
+  if jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key):
+    if jax.random.key_impl(key) == "rbg":
+      return key
+    bits = jax.random.bits(key, (4,), jnp.uint32)
+  else:  # a raw uint32[2] key
+    bits = jax.random.bits(jax.random.wrap_key_data(key), (4,), jnp.uint32)
+  return jax.random.wrap_key_data(bits, impl="rbg")
+
+
 def init_variables(models: Models, key: jax.Array, config: Any = None,
                    names: tuple[str, ...] | None = None) -> dict[str, Variables]:
   """Random variables of every network (PyTorch's default init).
 
+  Deterministic in ``key`` (initialisers draw from :func:`init_key` of it).
   ``config`` is accepted for symmetry with :func:`build_models` (the modules
   already hold everything). Returns ``{name: {'params', 'batch_stats'?}}``.
   """
@@ -237,7 +255,7 @@ def init_variables(models: Models, key: jax.Array, config: Any = None,
   nets = models.networks()
   names = tuple(nets) if names is None else names
   inputs = example_inputs(models)
-  keys = jax.random.split(key, len(names))
+  keys = jax.random.split(init_key(key), len(names))
   out = {}
   for k, name in zip(keys, names):
     init = jax.jit(nets[name].init)
