@@ -112,68 +112,19 @@ def _channels(block_expansion: int, max_features: int, i: int) -> int:
   return min(max_features, block_expansion * (2 ** i))
 
 
-class _DepthAwareEncoderMixin:
-  """Shared encoder + motion + attention of both DaGAN generators."""
+class _DepthAwareBase(nn.Module):
+  """Encoder + dense motion + depth-aware attention shared by both DaGAN
+  generators (official constructor arguments as fields).
 
-  def encode_and_attend(self, source_image: Array, kp_driving: KP,
-                        kp_source: KP, source_depth: Array
-                        ) -> tuple[Array, dict[str, Array], Array | None]:
-    """Returns (attended features, output dict, occlusion map or None)."""
-    be, mf, nd = self.block_expansion, self.max_features, self.num_down_blocks
-    ax, fe = self.axis_name, self.fast_eval
-    out = SameBlock2d(be, 7, 3, axis_name=ax, fast_eval=fe, name="first")(source_image)
-    for i in range(nd):
-      out = DownBlock2d(_channels(be, mf, i + 1), 3, 1, axis_name=ax, fast_eval=fe,
-                        name=f"down_blocks_{i}")(out)
-    self.sow("intermediates", "enc_out", out)
-    src = SameBlock2d(be, 7, 3, axis_name=ax, fast_eval=fe,
-                      name="src_first")(source_depth)
-    for i in range(nd):
-      src = DownBlock2d(_channels(be, mf, i + 1), 3, 1, axis_name=ax, fast_eval=fe,
-                        name=f"src_down_blocks_{i}")(src)
-    self.sow("intermediates", "src_depth_enc_out", src)
+  Entry points (linen ``method=``), so that animation can encode the source
+  once and decode every driving frame:
 
-    output: dict[str, Array] = {}
-    occlusion_map = None
-    if self.dense_motion_params is not None:
-      dm = DenseMotionNetwork(num_kp=self.num_kp, num_channels=self.num_channels,
-                              estimate_occlusion_map=self.estimate_occlusion_map,
-                              axis_name=ax, fast_eval=self.fast_eval,
-                              name="dense_motion_network",
-                              **dict(self.dense_motion_params))
-      dense = dm(source_image, kp_driving, kp_source)
-      output["mask"] = dense["mask"]
-      output["sparse_deformed"] = dense["sparse_deformed"]
-      deformation = dense["deformation"]
-      output["deformation"] = deformation
-      out = deform_input(out, deformation)
-      if "occlusion_map" in dense:
-        occlusion_map = dense["occlusion_map"]
-        output["occlusion_map"] = occlusion_map
-        if occlusion_map.shape[1:3] != out.shape[1:3]:
-          occlusion_map = ops.resize_bilinear(occlusion_map, out.shape[1:3])
-        out = out * occlusion_map
-      self.sow("intermediates", "attn_in_warped", out)
-      out = DepthAwareAttention(
-          out.shape[-1], attention_fn=self.attention_fn,
-          attention_implementation=self.attention_implementation,
-          attention_rows_stride=self.attention_rows_stride,
-          name="AttnModule")(src, out)
-      self.sow("intermediates", "attn_out", out)
-      output["deformed"] = deform_input(source_image, deformation)
-    return out, output, occlusion_map
-
-
-class DepthAwareGenerator(_DepthAwareEncoderMixin, nn.Module):
-  """DaGAN's ``DepthAwareGenerator`` (official constructor arguments).
-
-  Submodules: ``dense_motion_network``, ``first``, ``down_blocks_i``,
-  ``src_first``, ``src_down_blocks_i``, ``AttnModule``, ``bottleneck_r{i}``,
-  ``up_blocks_i``, ``final`` (7x7 conv, padding 3, then sigmoid).
-
-  ``__call__(source_image, kp_driving, kp_source, source_depth,
-  driving_depth=None)``; ``driving_depth`` is accepted and unused, as in the
-  official code.
+  * ``encode_source(source_image, source_depth)`` ->
+    ``{'enc_out', 'src_depth_enc_out'}``: the appearance and source-depth
+    encodings (independent of the driving frame);
+  * ``decode(features, source_image, kp_driving, kp_source,
+    source_depth=None, driving_depth=None)`` -> the output dict;
+  * ``__call__`` = ``decode(encode_source(...), ...)``.
   """
   num_channels: int
   num_kp: int
@@ -190,24 +141,117 @@ class DepthAwareGenerator(_DepthAwareEncoderMixin, nn.Module):
   attention_rows_stride: int = 128
   fast_eval: bool = False
 
-  @nn.compact
+  def setup(self):
+    be, mf, nd = self.block_expansion, self.max_features, self.num_down_blocks
+    ax, fe = self.axis_name, self.fast_eval
+    self.first = SameBlock2d(be, 7, 3, axis_name=ax, fast_eval=fe)
+    self.down_blocks = [DownBlock2d(_channels(be, mf, i + 1), 3, 1, axis_name=ax,
+                                    fast_eval=fe) for i in range(nd)]
+    self.src_first = SameBlock2d(be, 7, 3, axis_name=ax, fast_eval=fe)
+    self.src_down_blocks = [DownBlock2d(_channels(be, mf, i + 1), 3, 1,
+                                        axis_name=ax, fast_eval=fe)
+                            for i in range(nd)]
+    if self.dense_motion_params is not None:
+      self.dense_motion_network = DenseMotionNetwork(
+          num_kp=self.num_kp, num_channels=self.num_channels,
+          estimate_occlusion_map=self.estimate_occlusion_map, axis_name=ax,
+          fast_eval=fe, **dict(self.dense_motion_params))
+    self.AttnModule = DepthAwareAttention(
+        _channels(be, mf, nd), attention_fn=self.attention_fn,
+        attention_implementation=self.attention_implementation,
+        attention_rows_stride=self.attention_rows_stride)
+    self.setup_decoder()
+
+  def setup_decoder(self) -> None:
+    """Submodules of the decoder (subclasses)."""
+
+  def decode_features(self, out: Array, output: dict[str, Array],
+                      occlusion_map: Array | None, source_image: Array
+                      ) -> Array:
+    """The prediction from the attended features (subclasses)."""
+    raise NotImplementedError
+
+  def encode_source(self, source_image: Array, source_depth: Array
+                    ) -> dict[str, Array]:
+    """Appearance and source-depth encodings (no driving input needed)."""
+    out = self.first(source_image)
+    for block in self.down_blocks:
+      out = block(out)
+    self.sow("intermediates", "enc_out", out)
+    src = self.src_first(source_depth)
+    for block in self.src_down_blocks:
+      src = block(src)
+    self.sow("intermediates", "src_depth_enc_out", src)
+    return {"enc_out": out, "src_depth_enc_out": src}
+
+  def decode(self, features: dict[str, Array], source_image: Array,
+             kp_driving: KP, kp_source: KP, source_depth: Array | None = None,
+             driving_depth: Array | None = None) -> dict[str, Array]:
+    """Motion, warping, attention and decoding for one set of driving
+    keypoints, given :meth:`encode_source` 's features."""
+    del source_depth, driving_depth  # encoded already / unused (official)
+    out, src = features["enc_out"], features["src_depth_enc_out"]
+    output: dict[str, Array] = {}
+    occlusion_map = None
+    if self.dense_motion_params is not None:
+      dense = self.dense_motion_network(source_image, kp_driving, kp_source)
+      output["mask"] = dense["mask"]
+      output["sparse_deformed"] = dense["sparse_deformed"]
+      deformation = dense["deformation"]
+      output["deformation"] = deformation
+      out = deform_input(out, deformation)
+      if "occlusion_map" in dense:
+        occlusion_map = dense["occlusion_map"]
+        output["occlusion_map"] = occlusion_map
+        if occlusion_map.shape[1:3] != out.shape[1:3]:
+          occlusion_map = ops.resize_bilinear(occlusion_map, out.shape[1:3])
+        out = out * occlusion_map
+      self.sow("intermediates", "attn_in_warped", out)
+      out = self.AttnModule(src, out)
+      self.sow("intermediates", "attn_out", out)
+      output["deformed"] = deform_input(source_image, deformation)
+    output["prediction"] = self.decode_features(out, output, occlusion_map,
+                                                source_image)
+    return output
+
   def __call__(self, source_image: Array, kp_driving: KP, kp_source: KP,
                source_depth: Array, driving_depth: Array | None = None
                ) -> dict[str, Array]:
-    del driving_depth
-    out, output, _ = self.encode_and_attend(source_image, kp_driving, kp_source,
-                                            source_depth)
+    features = self.encode_source(source_image, source_depth)
+    return self.decode(features, source_image, kp_driving, kp_source,
+                       source_depth, driving_depth)
+
+
+class DepthAwareGenerator(_DepthAwareBase):
+  """DaGAN's ``DepthAwareGenerator`` (official constructor arguments).
+
+  Submodules: ``dense_motion_network``, ``first``, ``down_blocks_i``,
+  ``src_first``, ``src_down_blocks_i``, ``AttnModule``, ``bottleneck_r{i}``,
+  ``up_blocks_i``, ``final`` (7x7 conv, padding 3, then sigmoid).
+
+  ``__call__(source_image, kp_driving, kp_source, source_depth,
+  driving_depth=None)``; ``driving_depth`` is accepted and unused, as in the
+  official code. ``encode_source`` / ``decode``: see :class:`_DepthAwareBase`.
+  """
+
+  def setup_decoder(self) -> None:
     be, mf, nd = self.block_expansion, self.max_features, self.num_down_blocks
     for i in range(self.num_bottleneck_blocks):
-      out = ResBlock2d(3, 1, axis_name=self.axis_name, name=f"bottleneck_r{i}")(out)
+      setattr(self, f"bottleneck_r{i}", ResBlock2d(3, 1, axis_name=self.axis_name))
+    self.up_blocks = [UpBlock2d(_channels(be, mf, nd - i - 1), 3, 1,
+                                axis_name=self.axis_name, fast_eval=self.fast_eval)
+                      for i in range(nd)]
+    self.final = Conv2d(self.num_channels, 7, padding=3)
+
+  def decode_features(self, out, output, occlusion_map, source_image):
+    del output, occlusion_map, source_image
+    for i in range(self.num_bottleneck_blocks):
+      out = getattr(self, f"bottleneck_r{i}")(out)
     self.sow("intermediates", "bottleneck_out", out)
-    for i in range(nd):
-      out = UpBlock2d(_channels(be, mf, nd - i - 1), 3, 1, axis_name=self.axis_name,
-                      fast_eval=self.fast_eval, name=f"up_blocks_{i}")(out)
+    for block in self.up_blocks:
+      out = block(out)
     self.sow("intermediates", "up_out", out)
-    out = Conv2d(self.num_channels, 7, padding=3, name="final")(out)
-    output["prediction"] = jax.nn.sigmoid(out)
-    return output
+    return jax.nn.sigmoid(self.final(out))
 
 
 # --------------------------------------------------------------------------
@@ -302,7 +346,7 @@ class SPADEDecoder(nn.Module):
     return jax.nn.sigmoid(x)
 
 
-class SPADEDepthAwareGenerator(_DepthAwareEncoderMixin, nn.Module):
+class SPADEDepthAwareGenerator(_DepthAwareBase):
   """DaGAN's ``SPADEDepthAwareGenerator`` (official constructor arguments).
 
   Encoder, dense motion and depth-aware attention as
@@ -313,42 +357,23 @@ class SPADEDepthAwareGenerator(_DepthAwareEncoderMixin, nn.Module):
   as in the official code. The released decoder upsamples twice, so
   ``num_down_blocks`` must be 2.
   """
-  num_channels: int
-  num_kp: int
-  block_expansion: int
-  max_features: int
-  num_down_blocks: int
-  num_bottleneck_blocks: int
-  estimate_occlusion_map: bool = False
-  dense_motion_params: Any = None
-  estimate_jacobian: bool = False
-  axis_name: str | None = None
-  attention_fn: AttentionFn | None = None
-  attention_implementation: str = "auto"
-  attention_rows_stride: int = 128
-  fast_eval: bool = False
 
-  @nn.compact
-  def __call__(self, source_image: Array, kp_driving: KP, kp_source: KP,
-               source_depth: Array, driving_depth: Array | None = None
-               ) -> dict[str, Array]:
-    del driving_depth
+  def setup_decoder(self) -> None:
     if self.num_down_blocks != 2:
       raise ValueError("SPADEDepthAwareGenerator's decoder upsamples x4: "
                        f"num_down_blocks must be 2, got {self.num_down_blocks}")
     if self.dense_motion_params is None:
       raise ValueError("SPADEDepthAwareGenerator needs dense_motion_params")
-    out, output, occlusion_map = self.encode_and_attend(
-        source_image, kp_driving, kp_source, source_depth)
+    ic = _channels(self.block_expansion, self.max_features, self.num_down_blocks)
+    self.decoder = SPADEDecoder(ic=ic, num_channels=self.num_channels)
+
+  def decode_features(self, out, output, occlusion_map, source_image):
     deformed = output["deformed"]
     if occlusion_map is not None:
       if occlusion_map.shape[1:3] != deformed.shape[1:3]:
         occlusion_map = ops.resize_bilinear(occlusion_map, deformed.shape[1:3])
       deformed = deformed * occlusion_map
-    ic = _channels(self.block_expansion, self.max_features, self.num_down_blocks)
-    output["prediction"] = SPADEDecoder(ic=ic, num_channels=self.num_channels,
-                                        name="decoder")(out, deformed)
-    return output
+    return self.decoder(out, deformed)
 
 
 GENERATORS = {"DepthAwareGenerator": DepthAwareGenerator,

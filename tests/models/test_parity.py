@@ -376,3 +376,26 @@ def test_chained_pipeline(converted, npz, ours):
   want = to_nhwc("x", npz["gen_relative/prediction"])
   err = float(np.max(np.abs(np.asarray(out["prediction"]) - want)))
   assert err <= FREE_RUN_ATOL, err
+
+
+def test_encode_source_then_decode(converted, npz, ours):
+  """The animation seam: the source encoded once, then decoded per frame
+  (features broadcast to a batch of 2 driving frames)."""
+  _, v, _ = converted
+  models, got = ours
+  gen = models.generator
+  src = jnp.asarray(to_nhwc("x", npz["input/source"]))
+  depth = jnp.asarray(to_nhwc("x", npz["depth/source"]))
+  feats = gen.apply(v["generator"], src, depth, method="encode_source")
+  feats2 = jax.tree.map(lambda a: jnp.concatenate([a, a]), feats)
+  kp_d = {k: jnp.concatenate([_kp(npz, "kp_norm")[k], _kp(npz, "kp_driving")[k]])
+          for k in ("value", "jacobian")}
+  kp_s = {k: jnp.concatenate([a, a]) for k, a in _kp(npz, "kp_source").items()}
+  out = gen.apply(v["generator"], feats2, jnp.concatenate([src, src]), kp_d, kp_s,
+                  method="decode")
+  for i, group in enumerate(("gen_relative", "gen_absolute")):
+    want = to_nhwc("x", npz[f"{group}/prediction"])
+    np.testing.assert_allclose(out["prediction"][i:i + 1], want, atol=FREE_RUN_ATOL)
+    # Same computation up to rounding (fast_eval's choices depend on batch).
+    np.testing.assert_allclose(out["prediction"][i:i + 1],
+                               got[group]["free"]["prediction"], atol=2e-5)
