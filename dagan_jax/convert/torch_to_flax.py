@@ -52,7 +52,6 @@ works on numpy arrays.
 from __future__ import annotations
 
 import dataclasses
-import math
 import re
 from typing import Any, Callable, Iterable, Mapping
 
@@ -353,7 +352,3 @@ def load_torch_file(path: str, *, trust_pickle: bool = False) -> dict[str, Any]:
   if not isinstance(obj, Mapping):
     raise DataError(f"{path} holds a {type(obj).__name__}, not a state_dict")
   return to_numpy(obj)
-
-
-def num_params(flat_shapes: Iterable[tuple[int, ...]]) -> int:
-  return sum(math.prod(s) for s in flat_shapes)

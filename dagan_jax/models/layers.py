@@ -28,6 +28,11 @@ The blocks mirror the FOMM family's ``modules/util.py`` (Siarohin et al.,
   starts from the same distribution as the official code: conv weights and
   biases ~ U(-1/sqrt(fan_in), 1/sqrt(fan_in)) (``kaiming_uniform_(a=sqrt(5))``),
   norm scale 1, bias 0, running mean 0, running variance 1.
+* **fast_eval** (blocks, off by default): exact-in-real-arithmetic eval-mode
+  rewrites chosen from static shapes where they pay off on XLA:CPU -- nearest
+  x2 + 3x3 conv as four 2x2 phase convs (:func:`upsample2_conv3x3`) and
+  BatchNorm folded into the preceding conv (:func:`fold_batchnorm`); see
+  :func:`conv_bn`. Same variables; results differ by float rounding only.
 """
 
 from __future__ import annotations
