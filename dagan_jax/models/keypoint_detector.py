@@ -22,6 +22,12 @@ in [-1, 1] and ``jacobian (B, K, 2, 2)``. Intermediates sown (collection
 Submodules: ``predictor`` (Hourglass), ``kp`` and ``jacobian`` (7x7 convs).
 The official anti-alias kernel buffer ``down.weight`` holds no parameters:
 it is recomputed (:func:`dagan_jax.ops.anti_alias_downsample`).
+
+Caveat (XLA:CPU in jax 0.10.2): a convolution whose kernel is an all-zero
+*compile-time constant* followed by a reduction returns garbage. The
+official init of the ``jacobian`` head is exactly that (zero kernel), so
+pass freshly initialised variables to ``jax.jit`` as arguments rather than
+closing over them (trained weights are not affected).
 """
 
 from __future__ import annotations
