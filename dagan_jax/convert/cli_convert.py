@@ -134,7 +134,8 @@ def run(args: argparse.Namespace) -> int:
       depth_encoder=args.depth_encoder, depth_decoder=args.depth_decoder,
       pose_encoder=args.pose_encoder, pose_decoder=args.pose_decoder,
       trust_pickle=args.trust_pickle)
-  info = {"converted_from": {k: v for k, v in (
+  import os
+  info = {"converted_from": {k: os.path.abspath(v) for k, v in (
       ("checkpoint", args.checkpoint), ("depth_encoder", args.depth_encoder),
       ("depth_decoder", args.depth_decoder), ("pose_encoder", args.pose_encoder),
       ("pose_decoder", args.pose_decoder)) if v}}
