@@ -64,6 +64,11 @@ from dagan_jax.evaluation.face_models import (
     IdentityModel, LandmarkModel, load_identity_model, load_landmark_model)
 
 GenerateFn = Callable[[np.ndarray, np.ndarray], Any]
+# start_video(source (H, W, 3), first driving chunk (t, H, W, 3)): called once
+# per video / pair row before generate_fn sees its frames, e.g. to compute the
+# source keypoints once, or the initial driving frame of relative motion
+# (FOMM's normalize_kp), which must be the video's first frame, not a chunk's.
+StartVideo = Callable[[np.ndarray, np.ndarray], None]
 # read_frames(path, indices or None for all) -> (T, H, W, 3) array, or an
 # iterable of frames (H, W, 3) / chunks (t, H, W, 3); float in [0, 1] or uint8.
 ReadFrames = Callable[[str, Sequence[int] | None], Any]
@@ -341,12 +346,15 @@ def _resolve_models(landmark_model, identity_model):
 
 
 def _score_video(acc: _Accumulator, generate_fn: GenerateFn, source: np.ndarray,
-                 chunks: Iterable[np.ndarray], name: str) -> None:
-  for driving in chunks:
+                 chunks: Iterable[np.ndarray], name: str,
+                 start_video: StartVideo | None = None) -> None:
+  for i, driving in enumerate(chunks):
     if driving.shape[1:] != source.shape:
       raise DataError(
           f"{name}: driving frames {driving.shape[1:]} differ in size from the "
           f"source {source.shape}")
+    if i == 0 and start_video is not None:
+      start_video(source, driving)
     fake = _check_generated(generate_fn(source, driving), driving, name)
     acc.update(driving, fake)
   if acc.num_frames == 0:
@@ -359,7 +367,8 @@ def evaluate_reconstruction(
     metrics: Sequence[str] | None = None, *,
     landmark_model=None, identity_model=None, chunk_size: int = 16,
     akd_mode: str = "fomm", aed_normalize: bool = True, aed_squared: bool = True,
-    progress: Callable[[str], None] | None = None) -> dict:
+    progress: Callable[[str], None] | None = None,
+    start_video: StartVideo | None = None) -> dict:
   """FOMM's reconstruction protocol over ``videos``; returns the report.
 
   ``videos`` maps a name to frames: an array ``(T, H, W, 3)``, an iterable of
@@ -368,7 +377,9 @@ def evaluate_reconstruction(
   the ground truth.  ``landmark_model`` / ``identity_model`` are specs or
   callables (:mod:`dagan_jax.evaluation.face_models`); metrics that need a
   missing one are listed in ``report['skipped']``.  ``metrics`` defaults to
-  :data:`RECONSTRUCTION_METRICS`.
+  :data:`RECONSTRUCTION_METRICS`.  ``start_video(source, first_chunk)`` is
+  called once per video before its frames are generated (see
+  :data:`StartVideo`).
   """
   lm, im = _resolve_models(landmark_model, identity_model)
   run, skipped = _plan(metrics, RECONSTRUCTION_METRICS, {}, lm, im)
@@ -384,7 +395,8 @@ def evaluate_reconstruction(
     acc = _Accumulator(run, source=source, landmark_model=lm, identity_model=im,
                        chunk_size=chunk_size, akd_mode=akd_mode,
                        aed_normalize=aed_normalize, aed_squared=aed_squared, name=name)
-    _score_video(acc, generate_fn, source, _chain([first], chunks), name)
+    _score_video(acc, generate_fn, source, _chain([first], chunks), name,
+                 start_video)
     entry, per_frame = acc.result()
     report["per_video"][name] = entry
     for m in run:
@@ -410,7 +422,8 @@ def evaluate_pairs(
     cross_identity: bool = False,
     landmark_model=None, identity_model=None, chunk_size: int = 16,
     akd_mode: str = "fomm", aed_normalize: bool = True, aed_squared: bool = True,
-    progress: Callable[[str], None] | None = None) -> dict:
+    progress: Callable[[str], None] | None = None,
+    start_video: StartVideo | None = None) -> dict:
   """Evaluate a DaGAN pair list (a CSV path or :class:`pairs.Pair` rows).
 
   For each row, the source frame and the driving frame(s) are read with
@@ -422,6 +435,8 @@ def evaluate_pairs(
   computed and every other metric is listed in ``skipped`` with the reason
   (see the module docstring for what is compared with what).  Each row is one entry of
   ``per_video`` (keyed ``"<row>:<source>[i]<-<driving>[j]"``).
+  ``start_video(source, first_chunk)`` is called once per row before its
+  frames are generated (see :data:`StartVideo`).
   """
   if isinstance(pairs, (str, os.PathLike)):
     pairs = pairs_lib.read_pair_list(pairs)
@@ -456,7 +471,7 @@ def evaluate_pairs(
     acc = _Accumulator(run, source=source, landmark_model=lm, identity_model=im,
                        chunk_size=chunk_size, akd_mode=akd_mode,
                        aed_normalize=aed_normalize, aed_squared=aed_squared, name=name)
-    _score_video(acc, generate_fn, source, chunks, name)
+    _score_video(acc, generate_fn, source, chunks, name, start_video)
     entry, per_frame = acc.result()
     report["per_video"][name] = entry
     for m in run:

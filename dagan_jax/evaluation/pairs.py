@@ -11,8 +11,9 @@ name up to the first ``#``, e.g. ``id10283``).  DaGAN's
 ``vox_cross_id_animate.csv`` uses ``source_frame,driving_video`` with a whole
 driving video.
 
-Reading here (:func:`read_pair_list`) accepts these headers, and turns each
-path into a :class:`FrameRef` ``(video, frame)``:
+Reading here (:func:`read_pair_list`, on top of the project's one CSV reader
+:func:`dagan_jax.input.pairs.read_pairs_csv`) accepts these headers, and
+turns each path into a :class:`FrameRef` ``(video, frame)``:
 
 * ``.../<video>/<digits>.png|jpg`` -> ``(".../<video>", int(digits))``; the
   video may be a folder of frames *or* an mp4 file of the same name (both are
@@ -42,6 +43,7 @@ from typing import Iterable, Sequence
 import numpy as np
 
 from dagan_jax.errors import DataError
+from dagan_jax.input.pairs import read_pairs_csv
 
 _FRAME_RE = re.compile(r"^(\d+)\.(png|jpg|jpeg)$", re.IGNORECASE)
 _SPLITS = ("test", "train")
@@ -94,43 +96,26 @@ def person_id(video: str) -> str:
 def read_pair_list(path: str | os.PathLike) -> list[Pair]:
   """Rows of a DaGAN / FOMM pair list as :class:`Pair` objects.
 
-  Accepted headers: ``source,driving[,frame|best_frame]`` and
-  ``source_frame,driving_video``.  Raises :class:`DataError` naming the file
-  (and line) for a missing file, an unknown header, or a row with an empty
-  source or driving field.
+  The CSV is read by :func:`dagan_jax.input.pairs.read_pairs_csv` (headers
+  ``source,driving[,frame|best_frame]``, ``source_frame,driving_video``;
+  errors name the file and line); each field is then parsed with
+  :func:`parse_frame_ref`, and a whole-video source takes its frame from the
+  ``frame`` column when that is filled in. A list with no rows is an error.
   """
   path = os.fspath(path)
   if not os.path.isfile(path):
     raise DataError(f"pair list not found: {path}")
-  with open(path, newline="", encoding="utf-8") as f:
-    rows = list(csv.reader(f))
-  if not rows:
-    raise DataError(f"pair list {path} is empty (expected a 'source,driving,frame' header)")
-  header = [h.strip() for h in rows[0]]
-  if header[:2] == ["source", "driving"]:
-    pass
-  elif header[:2] == ["source_frame", "driving_video"]:
-    pass
-  else:
-    raise DataError(
-        f"pair list {path}: header {','.join(header)!r}; expected 'source,driving,frame' "
-        "(DaGAN) or 'source_frame,driving_video'")
-  frame_col = header.index("frame") if "frame" in header else None
   pairs = []
-  for line, row in enumerate(rows[1:], start=2):
-    if not row or all(not c.strip() for c in row):
-      continue
-    if len(row) < 2 or not row[0].strip() or not row[1].strip():
-      raise DataError(f"pair list {path}, line {line}: expected source and driving paths, got {row}")
-    source = parse_frame_ref(row[0])
-    if source.frame is None and frame_col is not None and len(row) > frame_col \
-        and row[frame_col].strip():
+  for line, row in enumerate(read_pairs_csv(path), start=2):
+    source = parse_frame_ref(row.source)
+    frame = (row.extra or {}).get("frame", "")
+    if source.frame is None and frame:
       try:
-        source = FrameRef(source.video, int(float(row[frame_col])))
+        source = FrameRef(source.video, int(float(frame)))
       except ValueError as e:
         raise DataError(
-            f"pair list {path}, line {line}: frame {row[frame_col]!r} is not a number") from e
-    pairs.append(Pair(source, parse_frame_ref(row[1])))
+            f"pair list {path}, row {line - 1}: frame {frame!r} is not a number") from e
+    pairs.append(Pair(source, parse_frame_ref(row.driving)))
   if not pairs:
     raise DataError(f"pair list {path} has no rows")
   return pairs

@@ -86,6 +86,9 @@ def run(args: argparse.Namespace) -> int:
       (".mp4", ".mov", ".mkv", ".gif")):
     A.notice(args.driving, "no frame rate (frame folder or array): writing 25 fps")
   fps = args.fps or fps or 25.0
+  if args.best_frame is not None and not 0 <= args.best_frame < len(driving):
+    raise DataError(f"best frame {args.best_frame} is outside the driving video "
+                    f"{args.driving} (frames 0..{len(driving) - 1})")
   mode = ("relative" + (" + adapt scale" if args.adapt_scale else "")
           if args.relative else "absolute")
   print(f"animating {args.source} with {len(driving)} frames of {args.driving} "

@@ -228,3 +228,26 @@ def test_bad_inputs_raise_named_errors(tmp_path):
     E.evaluate_pairs(lambda s, d: d, [], read_frames)
   with pytest.raises(DataError, match="pair list not found"):
     E.evaluate_pairs(lambda s, d: d, str(tmp_path / "none.csv"), read_frames)
+
+
+def test_start_video_anchors_relative_motion_at_each_videos_first_frame():
+  """A 'relative' generator (source + driving - first driving frame) needs the
+  video's first frame, not each chunk's: start_video provides it, once per
+  video, and the scores do not depend on the chunk size."""
+  videos = {"a": _video(3, 7), "b": _video(4, 5)}
+  state, calls = {}, []
+
+  def start(source, first_chunk):
+    calls.append(first_chunk.shape[0])
+    state["first"] = first_chunk[0]
+
+  def relative(source, driving):
+    return np.clip(source[None] + driving - state["first"][None], 0, 1)
+
+  reports = [E.evaluate_reconstruction(relative, videos, ("l1",), chunk_size=c,
+                                       start_video=start) for c in (2, 16)]
+  assert calls == [2, 2, 7, 5]
+  for name, video in videos.items():
+    want = np.abs(video - np.clip(video[0] + video - video[0], 0, 1)).mean()
+    for rep in reports:
+      assert rep["per_video"][name]["l1"] == pytest.approx(want, abs=1e-7)

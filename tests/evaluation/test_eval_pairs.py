@@ -55,13 +55,19 @@ def test_bad_pair_lists_raise_named_errors(tmp_path):
     P.read_pair_list(tmp_path / "missing.csv")
   bad = tmp_path / "bad.csv"
   bad.write_text("a,b\nx,y\n")
-  with pytest.raises(DataError, match=r"bad.csv: header 'a,b'"):
+  with pytest.raises(DataError, match=r"bad.csv: header \['a', 'b'\] needs a source column"):
     P.read_pair_list(bad)
   bad.write_text("source,driving,frame\nx.png,\n")
-  with pytest.raises(DataError, match=r"bad.csv, line 2: expected source and driving"):
+  with pytest.raises(DataError, match=r"bad.csv line 2: empty source or driving"):
     P.read_pair_list(bad)
   bad.write_text("source,driving,frame\n")
   with pytest.raises(DataError, match="has no rows"):
+    P.read_pair_list(bad)
+  bad.write_text("source,driving,frame\nid1#a.mp4,id2#b.mp4,four\n")
+  with pytest.raises(DataError, match=r"bad.csv, row 1: frame 'four' is not a number"):
+    P.read_pair_list(bad)
+  bad.write_text("source,driving,frame\na.png,b.png,,extra\n")
+  with pytest.raises(DataError, match=r"bad.csv line 2: 4 fields but the header has 3"):
     P.read_pair_list(bad)
 
 
