@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from train_helpers import tiny_config
+from train_helpers import fixed_batch, run_steps, tiny_config
 from dagan_jax import config as config_lib
 from dagan_jax.errors import NonFiniteLossError
 from dagan_jax.input import pipeline
@@ -26,39 +26,12 @@ from dagan_jax.training import talking_head as th
 from dagan_jax.training.monitor import read_metrics
 
 
-def _fixed_batch(cfg, batch_size=4):
-  ds = pipeline.make_pair_dataset(cfg.dataset_params, split="train", seed=3,
-                                  batch_size=batch_size, num_repeats=1)
-  batch = next(iter(ds))
-  batch.pop("skipped")
-  return batch
-
-
-def _run_steps(cfg, devices, batch, num_steps=2):
-  mesh = parallel.make_mesh(devices)
-  task = th.make_task(cfg, global_batch_size=4, steps_per_epoch=10,
-                      vgg=VGGFeatures(arch="vgg16"))
-  frozen, _ = th.load_frozen(cfg, task)
-  variables = build_lib.init_variables(task.models, jax.random.key(0),
-                                       names=th.TRAINED)
-  state = parallel.replicate(th.create_train_state(task, variables), mesh)
-  frozen = parallel.replicate(frozen, mesh)
-  step = th.make_train_step(task, mesh)
-  metrics, states = [], []
-  for i in range(num_steps):
-    state, m = step(state, parallel.global_batch(batch, mesh), frozen,
-                    jax.random.key(10 + i))
-    metrics.append(parallel.to_host(m))
-    states.append(parallel.to_host(state))
-  return metrics, states
-
-
 def test_step_on_4_devices_equals_1_device(vox_root):
   """Data parallelism changes no number: same global batch, same key."""
   cfg = tiny_config(vox_root)
-  batch = _fixed_batch(cfg)
-  m1, s1 = _run_steps(cfg, jax.devices()[:1], batch)
-  m4, s4 = _run_steps(cfg, jax.devices()[:4], batch)
+  batch = fixed_batch(cfg)
+  m1, s1 = run_steps(cfg, jax.devices()[:1], batch)
+  m4, s4 = run_steps(cfg, jax.devices()[:4], batch)
   # Step 1 (same parameters): losses agree to float precision; gradient
   # norms to ~1e-3, because a sub-ulp change in a forward value flips the
   # branch of a non-smooth op (grid_sample's floor, ReLU, max-pool) at a few

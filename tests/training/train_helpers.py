@@ -2,7 +2,14 @@
 
 from __future__ import annotations
 
+import jax
+
 from dagan_jax import config as config_lib
+from dagan_jax.input import pipeline
+from dagan_jax.models import build as build_lib
+from dagan_jax.models.vgg import VGGFeatures
+from dagan_jax.training import parallel
+from dagan_jax.training import talking_head as th
 
 
 def tiny_dict(root: str, *, trainer: str = "talking_head") -> dict:
@@ -36,3 +43,32 @@ def tiny_dict(root: str, *, trainer: str = "talking_head") -> dict:
 def tiny_config(root: str, *, trainer: str = "talking_head", overrides=()):
   return config_lib.apply_overrides(
       config_lib.from_dict(tiny_dict(root, trainer=trainer)), overrides)
+
+
+def fixed_batch(cfg, batch_size=4, process_index=None, process_count=None):
+  ds = pipeline.make_pair_dataset(cfg.dataset_params, split="train", seed=3,
+                                  batch_size=batch_size, num_repeats=1,
+                                  process_index=process_index,
+                                  process_count=process_count)
+  batch = next(iter(ds))
+  batch.pop("skipped")
+  return batch
+
+
+def run_steps(cfg, devices, batch, num_steps=2):
+  mesh = parallel.make_mesh(devices)
+  task = th.make_task(cfg, global_batch_size=4, steps_per_epoch=10,
+                      vgg=VGGFeatures(arch="vgg16"))
+  frozen, _ = th.load_frozen(cfg, task)
+  variables = build_lib.init_variables(task.models, jax.random.key(0),
+                                       names=th.TRAINED)
+  state = parallel.replicate(th.create_train_state(task, variables), mesh)
+  frozen = parallel.replicate(frozen, mesh)
+  step = th.make_train_step(task, mesh)
+  metrics, states = [], []
+  for i in range(num_steps):
+    state, m = step(state, parallel.global_batch(batch, mesh), frozen,
+                    jax.random.key(10 + i))
+    metrics.append(parallel.to_host(m))
+    states.append(parallel.to_host(state))
+  return metrics, states
