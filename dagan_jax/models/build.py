@@ -153,7 +153,9 @@ def build_models(config: Any, *, with_pose: bool = False,
                            **kp_args)
 
   gen_args = {**gen_params, **common}
-  _check_keys("model_params.generator_params", gen_args, _GEN_KEYS)
+  _check_keys("model_params.generator_params", gen_args,
+              _GEN_KEYS | frozenset(getattr(GENERATOR_REGISTRY[gen_type],
+                                            "EXTRA_CONFIG_KEYS", ())))
   dm = gen_args.get("dense_motion_params")
   if dm is not None:
     dm = _plain(dm)
@@ -333,3 +335,7 @@ def discriminate_fn(models: Models, variables: Mapping[str, Variables],
                     ) -> dict[str, Any]:
   """Discriminator maps of an image pyramid ``{'prediction_<s>': ...}``."""
   return models.discriminator.apply(variables["discriminator"], pyramid, kp)
+
+
+# DaGAN++'s generator registers itself in GENERATOR_REGISTRY on import.
+from dagan_jax.models import geometry_generator as _geometry_generator  # noqa: E402,F401,I001
