@@ -67,11 +67,8 @@ def get_config(arg=None):
              "eval_every": 100, "eval_num_videos": 2, "eval_num_frames": 8})
   tp["loss_weights"]["perceptual"] = [10, 10, 10, 10, 10]
   if arg == "daganpp":
-    mp = d["model_params"]
-    mp["model"] = "daganpp"
-    mp["generator_type"] = "GeometryEnhancedGenerator"
-    mp["generator_params"]["num_down_blocks"] = 3
-    mp["depth_params"]["uncertainty"] = True
+    from dagan_jax.models import variants  # pylint: disable=import-outside-toplevel
+    d["model_params"] = variants.daganpp_model_params("daganpp", d["model_params"])
     d["name"] = "smoke_daganpp"
   elif arg:
     raise ValueError(f"configs/smoke.py: unknown variant {arg!r}; expected '', "

@@ -181,9 +181,10 @@ def talking_head_config() -> dict[str, Any]:
 def depth_train_params() -> dict[str, Any]:
   """``train_params`` of the face-depth stage (Face-Depth-Network/monodepth2).
 
-  ``frame_ids`` [0, -1, 1]: target t and sources t-1, t+1; ``scales``: the
-  decoder scales the loss averages over; ``ssim_alpha``: Eq. 5's alpha (0.85
-  in monodepth2 and DaGAN's depth code; DaGAN++ Sec. 3.2.1 says 0.8);
+  Target t, sources t-1 and t+1; ``scales``: the decoder scales the loss
+  averages over; ``ssim_alpha``: Eq. 5's alpha (0.85 in monodepth2 and
+  DaGAN's depth code; DaGAN++ Sec. 3.2.1 says 0.8); ``ssim_halved``: the code's
+  (1 - SSIM) / 2 (True) or Eq. 5's 1 - SSIM (False);
   ``loss_weights``: lambda_1..3 of Eq. 7 (smoothness is monodepth2's
   ``disparity_smoothness``, halved per scale).
   """
@@ -197,6 +198,7 @@ def depth_train_params() -> dict[str, Any]:
       "max_depth": 100.0,
       "scales": [0, 1, 2, 3],
       "ssim_alpha": 0.85,
+      "ssim_halved": True,
       "automask": True,
       "loss_weights": {"photometric": 1.0, "smoothness": 1e-3,
                        "uncertainty": 1.0},

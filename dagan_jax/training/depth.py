@@ -72,6 +72,7 @@ class DepthTask:
   min_depth: float
   max_depth: float
   ssim_alpha: float
+  ssim_halved: bool
   automask: bool
   uncertainty: bool
   loss_weights: Mapping[str, float]
@@ -116,6 +117,7 @@ def make_task(config, steps_per_epoch: int) -> DepthTask:
       optimizer=optim.depth_optimizer(tp, steps_per_epoch), scales=scales,
       min_depth=float(tp.min_depth), max_depth=float(tp.max_depth),
       ssim_alpha=float(tp.get("ssim_alpha", 0.85)),
+      ssim_halved=bool(tp.get("ssim_halved", True)),
       automask=bool(tp.get("automask", True)),
       uncertainty=bool(dp.get("uncertainty", False)),
       loss_weights=dict(tp.loss_weights), compute_dtype=dtype)
@@ -200,7 +202,7 @@ def depth_loss_fn(params, state: DepthState, batch: Mapping[str, Array],
     terms, aux = depth_losses.depth_losses(
         target, warped, sources, disp, color, uncertainty=u,
         key=k if task.automask else None, use_automask=task.automask,
-        alpha=task.ssim_alpha)
+        alpha=task.ssim_alpha, ssim_halved=task.ssim_halved)
     weighted = depth_losses.weighted_depth_terms(terms, task.loss_weights, scale)
     total = total + sum(weighted.values())
     for name, v in weighted.items():

@@ -1,0 +1,35 @@
+"""`dagan-jax info`: parameter counts and the compiled cost of a training step."""
+
+import json
+import sys
+
+sys.path.insert(0, __import__("os").path.join(__import__("os").path.dirname(__file__), "training"))
+
+from train_helpers import tiny_config  # noqa: E402
+from dagan_jax import cli, cli_info  # noqa: E402
+from dagan_jax import config as config_lib  # noqa: E402
+
+
+def test_info_counts_and_step_memory(tmp_path, shared_dir, capsys):
+  cfg = tiny_config(str(shared_dir / "data" / "vox_mini"))
+  path = tmp_path / "tiny.yaml"
+  path.write_text(config_lib.to_yaml(cfg))
+  out_json = tmp_path / "info.json"
+  assert cli.main(["info", "--config", str(path), "--memory",
+                   "--batch-per-device", "2", "--json", str(out_json)]) == 0
+  text = capsys.readouterr().out
+  assert "kp_detector" in text and "peak" in text and "GFLOP" in text
+  info = json.loads(out_json.read_text())
+  step = info["train_step"]
+  assert step["batch_per_device"] == 2 and step["flops"] > 0
+  assert step["peak"] >= step["temp"] > 0
+  # Temporaries grow with the batch; arguments (weights, optimiser) do not.
+  one = cli_info.collect(cfg, memory=True, batch_per_device=1)["train_step"]
+  assert step["temp"] > one["temp"]
+  assert abs(step["argument"] - one["argument"]) < 0.05 * one["argument"]
+
+
+def test_info_depth_config(shared_dir):
+  cfg = tiny_config(str(shared_dir / "data" / "vox_mini"), trainer="depth")
+  info = cli_info.collect(cfg)
+  assert {"pose_encoder", "pose_decoder"} <= set(info["param_counts"])
