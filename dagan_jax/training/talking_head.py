@@ -481,8 +481,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
   records = epoch_size(config, split_data)
   steps_per_epoch = max(records // global_bs, 1)
   total_steps = int(tp.get("max_steps", 0) or 0) or int(tp.num_epochs) * steps_per_epoch
-  if max_steps is not None:
-    total_steps = min(total_steps, max_steps)
+  if max_steps is not None:  # overrides the epoch count (and max_steps)
+    total_steps = int(max_steps)
   dataset = pipeline.make_pair_dataset(
       config.dataset_params, split="train", seed=seed, batch_size=host_bs,
       num_repeats=int(tp.num_repeats), num_workers=int(tp.get("num_workers", 0)),
