@@ -84,6 +84,14 @@ def save_model(directory: str | pathlib.Path, variables: Mapping[str, Any],
   return path
 
 
+def resolve_model_dir(path: str | pathlib.Path) -> pathlib.Path:
+  """A model directory, or a training workdir holding one in ``model/``."""
+  p = pathlib.Path(path).expanduser()
+  if not (p / VARIABLES_DIR).is_dir() and (p / "model" / VARIABLES_DIR).is_dir():
+    return p / "model"
+  return p
+
+
 def read_config(directory: str | pathlib.Path):
   """The config stored in a model directory."""
   from dagan_jax.config import load_config
@@ -142,7 +150,7 @@ def load_model(directory: str | pathlib.Path, config: Any = None, *,
   """Loads a model directory written by :func:`save_model` / ``convert``.
 
   Args:
-    directory: the model directory.
+    directory: the model directory, or a training workdir (its ``model/``).
     config: a ConfigDict, a config file path, or None for the stored one.
     required: networks that must be present (default: those animation needs).
     with_pose: build the pose nets to verify them (default: if present).
@@ -156,11 +164,12 @@ def load_model(directory: str | pathlib.Path, config: Any = None, *,
   from dagan_jax.config import load_config
   from dagan_jax.models.build import POSE_NETWORKS, build_models
 
-  path = pathlib.Path(directory).expanduser().absolute()
+  path = resolve_model_dir(directory).absolute()
   target = path / VARIABLES_DIR
   if not target.is_dir():
     raise DataError(f"{path} has no {VARIABLES_DIR}/: not a dagan-jax model "
-                    "directory (make one with `dagan-jax convert`)")
+                    "directory (make one with `dagan-jax convert`, or pass a "
+                    "training workdir that has model/)")
   if config is None:
     config = read_config(path)
   elif isinstance(config, (str, pathlib.Path)):

@@ -250,11 +250,16 @@ def make_train_step(task: DepthTask, mesh) -> Callable:
   return jax.jit(sharded, donate_argnums=(0,))
 
 
+_PICTURE_FNS: dict[int, Callable] = {}
+
+
 def depth_pictures(task: DepthTask, state: DepthState, batch) -> np.ndarray:
   """Target, disparity, source warped to the target, [uncertainty] rows."""
   from dagan_jax import visualize  # pylint: disable=import-outside-toplevel
-  fn = jax.jit(lambda p, s, bt: depth_loss_fn(p, s, bt, jax.random.key(0), task)[1][2])
-  pic = jax.device_get(fn(state.params, state, batch))
+  if id(task) not in _PICTURE_FNS:
+    _PICTURE_FNS[id(task)] = jax.jit(
+        lambda p, s, bt: depth_loss_fn(p, s, bt, jax.random.key(0), task)[1][2])
+  pic = jax.device_get(_PICTURE_FNS[id(task)](state.params, state, batch))
   rows = []
   for i in range(batch["frames"].shape[0]):
     row = [batch["frames"][i, 1], pic["disp"][i], pic["warped"][i]]

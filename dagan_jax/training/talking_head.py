@@ -404,12 +404,8 @@ def make_train_step(task: Task, mesh) -> Callable:
 # --------------------------------------------------------------------------
 # Frozen networks
 
-def resolve_model_dir(path: str | pathlib.Path) -> pathlib.Path:
-  """A model directory, or a training workdir holding one in ``model/``."""
-  p = pathlib.Path(path).expanduser()
-  if not (p / checkpoints.VARIABLES_DIR).is_dir() and (p / "model").is_dir():
-    return p / "model"
-  return p
+#: A model directory, or a training workdir holding one (kept here for callers).
+resolve_model_dir = checkpoints.resolve_model_dir
 
 
 def load_frozen(config, task: Task) -> tuple[dict[str, Any], list[str]]:

@@ -67,3 +67,11 @@ def test_missing_networks_are_named(converted, tmp_path):
 def test_not_a_model_directory(tmp_path):
   with pytest.raises(DataError, match="not a dagan-jax model directory"):
     load_model(tmp_path)
+
+
+def test_a_training_workdir_is_accepted_as_a_model_directory(tmp_path):
+  from dagan_jax import checkpoints
+  (tmp_path / "model" / checkpoints.VARIABLES_DIR).mkdir(parents=True)
+  assert checkpoints.resolve_model_dir(tmp_path) == tmp_path / "model"
+  assert checkpoints.resolve_model_dir(tmp_path / "model") == tmp_path / "model"
+  assert checkpoints.resolve_model_dir(tmp_path / "nope") == tmp_path / "nope"
