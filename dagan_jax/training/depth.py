@@ -28,7 +28,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 import pathlib
 import time
 from typing import Any, Callable, Mapping
@@ -41,12 +40,13 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from dagan_jax import checkpoints, ops
-from dagan_jax.errors import ConfigError, NonFiniteLossError
+from dagan_jax.errors import ConfigError
 from dagan_jax.losses import depth as depth_losses
 from dagan_jax.models import build as build_lib
 from dagan_jax.models import layers
 from dagan_jax.training import optim, parallel
 from dagan_jax.training.checkpointing import Checkpointer, PreemptionGuard, abstract_like
+from dagan_jax.training.loop import LaggedMetrics
 from dagan_jax.training.monitor import Monitor
 
 log = logging.getLogger(__name__)
@@ -345,32 +345,14 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
   image_every = int(tp.get("image_every", 0) or 0)
   skipped = int(meta.get("skipped", 0))
   vis = None
-  last: dict[str, float] = {}
-  pending = None
-
-  def check(step_done, metrics):
-    values = {k: float(v) for k, v in parallel.to_host(metrics).items()}
-    if values.pop("finite", 1.0) != 1.0:
-      bad = sorted(k for k, v in values.items() if not math.isfinite(v)) or ["a gradient"]
-      ckpt.wait()
-      raise NonFiniteLossError(
-          f"step {step_done}: non-finite {', '.join(bad)} (state of step "
-          f"{step_done - 1} kept; last checkpoint {ckpt.latest_step()} in "
-          f"{ckpt.directory})")
-    return values
 
   def save(step_done, force=False):
     ckpt.save(step_done, state, data_iter, {"trainer": "depth", "skipped": skipped},
               force=force)
 
-  def process(item):
-    nonlocal last
-    done, metrics = item
-    values = check(done, metrics)
-    if done % log_every == 0 or done == 1 or done == total_steps:
-      last = values
-      monitor.scalars(done, {**values, "skipped_clips": skipped})
-    monitor.advance(done, {"loss": values.get("total", 0.0)})
+  lagged = LaggedMetrics(monitor, ckpt, total_steps=total_steps,
+                         log_every=log_every, progress_keys={"loss": "total"},
+                         extra=lambda done: {"skipped_clips": skipped})
 
   t0 = time.perf_counter()
   step = start
@@ -384,12 +366,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
         state, metrics = step_fn(state, parallel.global_batch(local, mesh),
                                  jax.random.fold_in(base_key, step))
         step += 1
-        if pending is not None:
-          process(pending)
-        pending = (step, metrics)
+        lagged.push(step, metrics)
         if step % ckpt_every == 0 or guard.requested or step == total_steps:
-          process(pending)
-          pending = None
+          lagged.flush()  # only verified states are saved
           save(step, force=True)
         if image_every and (step % image_every == 0 or step == 1):
           monitor.image(step, "depth/samples", depth_pictures(task, state, vis))
@@ -407,6 +386,6 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
   monitor.write(f"done: step {step}; depth model written to {model_dir}")
   monitor.close()
   ckpt.close()
-  return {"step": step, "metrics": last, "skipped_clips": skipped,
+  return {"step": step, "metrics": lagged.last, "skipped_clips": skipped,
           "seconds": elapsed, "model_dir": str(model_dir),
           "steps_per_second": (step - start) / elapsed if elapsed else 0.0}

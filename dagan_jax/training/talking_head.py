@@ -36,7 +36,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
-import math
 import pathlib
 import time
 from typing import Any, Callable, Mapping
@@ -49,12 +48,13 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from dagan_jax import checkpoints, ops
-from dagan_jax.errors import ConfigError, NonFiniteLossError
+from dagan_jax.errors import ConfigError
 from dagan_jax.losses import generator as gen_losses
 from dagan_jax.losses.weights import apply_loss_weights, total_loss
 from dagan_jax.models import build as build_lib
 from dagan_jax.training import optim, parallel
 from dagan_jax.training.checkpointing import Checkpointer, PreemptionGuard, abstract_like
+from dagan_jax.training.loop import LaggedMetrics
 from dagan_jax.training.monitor import Monitor
 
 log = logging.getLogger(__name__)
@@ -527,8 +527,6 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
   eval_every = int(tp.get("eval_every", 0) or 0)
   skipped = int(meta.get("skipped", 0))
   vis_batch = None
-  last: dict[str, float] = {}
-  pending = None   # (step, metrics) of the previous step, fetched one step late
   summary: dict[str, Any] = {"notes": notes}
   if start >= total_steps:
     notes.append(f"already at step {start} of {total_steps}: nothing to do")
@@ -538,30 +536,11 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
               {"trainer": "talking_head", "skipped": skipped,
                "config": _config_yaml(config)}, force=force)
 
-  def check(step_done: int, metrics) -> dict[str, float]:
-    values = {k: float(v) for k, v in parallel.to_host(metrics).items()}
-    if values.pop("finite", 1.0) != 1.0:
-      bad = sorted(k for k, v in values.items() if not math.isfinite(v)) or [
-          "a gradient"]
-      ckpt.wait()
-      raise NonFiniteLossError(
-          f"step {step_done}: non-finite {', '.join(bad)} (the state of step "
-          f"{step_done - 1} is kept; last checkpoint: "
-          f"{ckpt.latest_step()} in {ckpt.directory}). Lower the learning "
-          "rate, check the data, or try compute_dtype='float32'.")
-    return values
-
-  def process(item) -> None:
-    """Checks (and logs) one finished step's metrics; raises if not finite."""
-    nonlocal last
-    done, metrics = item
-    values = check(done, metrics)
-    if done % log_every == 0 or done == 1 or done == total_steps:
-      last = values
-      monitor.scalars(done, {**values, "skipped_clips": skipped,
-                             "steps_per_second": monitor.steps_per_second(done)})
-    monitor.advance(done, {"G": values.get("generator_total", 0.0),
-                           "D": values.get("discriminator_total", 0.0)})
+  lagged = LaggedMetrics(
+      monitor, ckpt, total_steps=total_steps, log_every=log_every,
+      progress_keys={"G": "generator_total", "D": "discriminator_total"},
+      extra=lambda done: {"skipped_clips": skipped,
+                          "steps_per_second": monitor.steps_per_second(done)})
 
   if eval_every and start == 0:
     results = train_eval.reconstruction_l1(config, task, state, frozen)
@@ -582,14 +561,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
         state, metrics = train_step(state, batch, frozen,
                                     jax.random.fold_in(base_key, step))
         step += 1
-        # Metrics are fetched one step late so the host never stalls the
-        # device, except before a checkpoint: only verified states are saved.
-        if pending is not None:
-          process(pending)
-        pending = (step, metrics)
+        lagged.push(step, metrics)
         if step % ckpt_every == 0 or guard.requested or step == total_steps:
-          process(pending)
-          pending = None
+          lagged.flush()  # only verified states are saved
           save(step, force=True)
         if image_every and (step % image_every == 0 or step == 1):
           monitor.image(step, "train/samples",
@@ -611,7 +585,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
     raise
   elapsed = time.perf_counter() - t_start
   export_dir = export_model(config, task, state, frozen, workdir)
-  summary.update({"step": step, "metrics": last, "skipped_clips": skipped,
+  summary.update({"step": step, "metrics": lagged.last, "skipped_clips": skipped,
                   "seconds": elapsed, "model_dir": str(export_dir),
                   "steps_per_second": (step - start) / elapsed if elapsed else 0.0})
   monitor.write(f"done: step {step}, {summary['steps_per_second']:.3g} steps/s; "
