@@ -73,6 +73,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "frame 0)")
   parser.add_argument("--driving", default=None,
                       help=f"driving clip (default DATA/{SAMPLE_DRIVING})")
+  parser.add_argument("--batch-size", type=int, default=8,
+                      help="frames per compiled call when animating and "
+                           "evaluating (default 8)")
   parser.add_argument("--eval-frames", type=int, default=None,
                       help="evaluate on at most this many frames per test clip "
                            "(default: all)")
@@ -179,7 +182,6 @@ def train(config, workdir: pathlib.Path, *, steps: int, depth_steps: int,
 
 
 def run(args: argparse.Namespace) -> int:
-  import json  # pylint: disable=import-outside-toplevel
   import sys  # pylint: disable=import-outside-toplevel
   import time  # pylint: disable=import-outside-toplevel
 
@@ -233,7 +235,7 @@ def run(args: argparse.Namespace) -> int:
   stage += 1
   _stage(stage, total, f"animating {source_path.name} with {driving_path.name}")
   t0 = time.perf_counter()
-  animator = A.Animator.from_checkpoint(checkpoint, batch_size=8)
+  animator = A.Animator.from_checkpoint(checkpoint, batch_size=args.batch_size)
   hw = animator.frame_shape[:2]
   source = animator.fit(A.read_source(source_path), str(source_path))
   driving, fps = A.read_driving(driving_path, hw)
@@ -293,6 +295,10 @@ def format_summary(metrics: dict, anim_path, sbs_path, summary_path,
   lines = ["", "dagan-jax demo finished in "
            f"{metrics['timing']['total_s'] / 60:.1f} min"]
   tr = metrics.get("training")
+  if tr and tr.get("depth_stage"):
+    ds = tr["depth_stage"]
+    lines.append(f"  face depth network: trained {ds['steps']} steps in "
+                 f"{ds['seconds']:.0f} s, then frozen")
   if tr:
     held = tr["held_out_reconstruction"]
     before, after = held.get("before_training") or {}, held.get("after_training") or {}

@@ -38,7 +38,8 @@ def test_rgba_source_mp4_keeps_fps_with_side_by_side(tiny_model_dir, inputs,
   out = tmp_path / "result.mp4"
   with caplog.at_level(logging.WARNING):
     rc = _animate("--checkpoint", tiny_model_dir, "--source", inputs / "rgba.png",
-                  "--driving", inputs / "driving.mp4", "--out", out, "--side-by-side")
+                  "--driving", inputs / "driving.mp4", "--out", out, "--side-by-side",
+                  "--batch-size", "4")
   assert rc == 0
   assert "RGBA image converted to RGB (alpha dropped)" in caplog.text
   assert "frames are 48x40; resized to the model's 32x32 (aspect ratio changed" in caplog.text

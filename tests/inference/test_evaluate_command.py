@@ -64,7 +64,8 @@ def test_reconstruction(tiny_model_dir, root, animator, tmp_path, capsys):
   out = tmp_path / "report.json"
   rc = cli.main(["evaluate", "--checkpoint", str(tiny_model_dir), "--data", str(root),
                  "--protocol", "reconstruction", "--metrics", "l1,psnr,ssim,lpips_alex,akd",
-                 "--chunk-size", "3", "--out", str(out), "--no-progress"])
+                 "--chunk-size", "4", "--batch-size", "4", "--out", str(out),
+                 "--no-progress"])
   text = capsys.readouterr().out
   assert rc == 0
   report = json.loads(out.read_text())
@@ -91,7 +92,8 @@ def test_pairs_and_cross_id(tiny_model_dir, root, animator, tmp_path, capsys):
   out = tmp_path / "pairs.json"
   rc = cli.main(["evaluate", "--checkpoint", str(tiny_model_dir), "--data", str(root),
                  "--protocol", "pairs", "--pairs", str(root / "pairs.csv"),
-                 "--metrics", "l1,psnr", "--out", str(out), "--no-progress"])
+                 "--metrics", "l1,psnr", "--batch-size", "4", "--out", str(out),
+                 "--no-progress"])
   assert rc == 0
   report = json.loads(out.read_text())
   assert report["settings"]["motion_per_row"] == ["absolute", "relative"]
@@ -111,7 +113,7 @@ def test_pairs_and_cross_id(tiny_model_dir, root, animator, tmp_path, capsys):
   # skipped, each with its reason printed.
   rc = cli.main(["evaluate", "--checkpoint", str(tiny_model_dir), "--data", str(root),
                  "--protocol", "cross-id", "--pairs", str(root / "pairs.csv"),
-                 "--no-progress"])
+                 "--batch-size", "4", "--no-progress"])
   text = capsys.readouterr().out
   assert rc == 0
   assert "l1: cross-identity reenactment has no ground truth" in text
