@@ -77,6 +77,20 @@ def sample_grid(task, state, frozen, batch: Mapping[str, np.ndarray]) -> np.ndar
   return visualize.grid(rows)
 
 
+def _model_frames(frames, name: str, dataset_params) -> np.ndarray:
+  """Test frames at the training frame size, exactly as the training input
+  pipeline prepares them (resized only when ``resize_frames``; otherwise a
+  size mismatch is a DataError naming the clip)."""
+  from dagan_jax.input.samplers import check_frame  # pylint: disable=import-outside-toplevel
+  hw = tuple(int(v) for v in dataset_params.frame_shape[:2])
+  resize = bool(dataset_params.get("resize_frames", False))
+  out = []
+  for i, f in enumerate(frames):
+    u8 = np.clip(np.asarray(f, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
+    out.append(check_frame(u8, f"test clip {name} frame {i}", hw, resize))
+  return np.stack(out).astype(np.float32) / 255.0
+
+
 def reconstruction_l1(config, task, state, frozen, *, num_videos: int | None = None,
                       num_frames: int | None = None, batch_size: int = 4
                       ) -> dict[str, float]:
@@ -93,12 +107,12 @@ def reconstruction_l1(config, task, state, frozen, *, num_videos: int | None = N
   fwd = _forward(task)
   variables = _variables(task, state, frozen)
   l1s, copy_l1s = [], []
-  for _, clip in pipeline.reconstruction_videos(
+  for name, clip in pipeline.reconstruction_videos(
       dp.root_dir, "test", layout=dp.get("layout", "vox"),
       cache_dir=dp.get("cache_dir", "") or None, limit=num_videos):
     n = len(clip)
     idx = np.unique(np.linspace(0, n - 1, min(num_frames, n)).astype(int))
-    frames = np.asarray(clip.read([0] + [int(i) for i in idx]), np.float32)
+    frames = _model_frames(clip.read([0] + [int(i) for i in idx]), name, dp)
     source, driving = frames[:1], frames[1:]
     for start in range(0, len(driving), batch_size):
       chunk = driving[start:start + batch_size]

@@ -143,3 +143,28 @@ def test_bfloat16_compute_step_is_finite_and_close(vox_root):
   m32, _ = run_steps(tiny_config(vox_root), jax.devices()[:1], batch, num_steps=1)
   for k in ("perceptual", "equivariance_value", "gen_gan", "disc_gan"):
     np.testing.assert_allclose(m16[0][k], m32[0][k], rtol=0.05, err_msg=k)
+
+
+def test_held_out_reconstruction_l1_runs_at_the_training_size(vox_root):
+  """The trainer's eval resizes test clips as the input pipeline does and
+  reports the copy-the-source baseline computed on the same frames."""
+  import cv2
+  from dagan_jax.training import evaluation as train_eval
+  cfg = tiny_config(vox_root)
+  task = th.make_task(cfg, global_batch_size=4, steps_per_epoch=1,
+                      vgg=VGGFeatures(arch="vgg16"))
+  frozen, _ = th.load_frozen(cfg, task)
+  variables = build_lib.init_variables(task.models, jax.random.key(0),
+                                       names=th.TRAINED)
+  state = th.create_train_state(task, variables)
+  res = train_eval.reconstruction_l1(cfg, task, state, frozen, num_videos=1,
+                                     num_frames=2, batch_size=2)
+  assert 0 < res["reconstruction_l1"] < 1
+  name, clip = next(iter(pipeline.reconstruction_videos(vox_root, "test", limit=1)))
+  n = len(clip)
+  idx = [0] + [int(i) for i in np.unique(np.linspace(0, n - 1, 2).astype(int))]
+  small = [cv2.resize((f * 255 + 0.5).astype(np.uint8), (32, 32),
+                      interpolation=cv2.INTER_AREA) / 255.0
+           for f in clip.read(idx)]
+  expect = np.mean([np.abs(small[0] - f).mean() for f in small[1:]])
+  np.testing.assert_allclose(res["copy_source_l1"], expect, rtol=1e-5)
