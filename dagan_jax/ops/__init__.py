@@ -26,9 +26,11 @@ from dagan_jax.ops.pyramid import (anti_alias_downsample, anti_alias_kernel,
 from dagan_jax.ops.sampling import grid_sample, resize_bilinear, resize_nearest
 from dagan_jax.ops.tps import (TPSParams, sample_tps, tps_jacobian,
                                warp_coordinates, warp_frame)
-from dagan_jax.ops.attention import (attention, attention_rows,
-                                     blockwise_attention, naive_attention,
-                                     xla_attention)
+# ``dagan_jax.ops.attention`` stays the module (its function is
+# ``ops.attention.attention``); the other forms are re-exported.
+from dagan_jax.ops import attention
+from dagan_jax.ops.attention import (attention_rows, blockwise_attention,
+                                     naive_attention, xla_attention)
 
 __all__ = [
     'make_coordinate_grid',
@@ -58,7 +60,6 @@ __all__ = [
     'backproject',
     'project',
     'inverse_warp',
-    'attention',
     'attention_rows',
     'blockwise_attention',
     'naive_attention',
