@@ -237,7 +237,8 @@ class DepthAwareGenerator(_DepthAwareBase):
   def setup_decoder(self) -> None:
     be, mf, nd = self.block_expansion, self.max_features, self.num_down_blocks
     for i in range(self.num_bottleneck_blocks):
-      setattr(self, f"bottleneck_r{i}", ResBlock2d(3, 1, axis_name=self.axis_name))
+      setattr(self, f"bottleneck_r{i}", ResBlock2d(3, 1, axis_name=self.axis_name,
+                                                   fast_eval=self.fast_eval))
     self.up_blocks = [UpBlock2d(_channels(be, mf, nd - i - 1), 3, 1,
                                 axis_name=self.axis_name, fast_eval=self.fast_eval)
                       for i in range(nd)]

@@ -327,7 +327,8 @@ class GeometryEnhancedGenerator(nn.Module):
     # Decoder (Sec. 3.3.3, Fig. 4b, 5e).
     out = enhanced[nd]
     for r in range(self.num_bottleneck_blocks):
-      out = ResBlock2d(3, 1, axis_name=ax, name=f"bottleneck_r{r}")(out)
+      out = ResBlock2d(3, 1, axis_name=ax, fast_eval=self.fast_eval,
+                       name=f"bottleneck_r{r}")(out)
     self.sow("intermediates", "bottleneck_out", out)
     for j in range(nd):
       level = nd - 1 - j

@@ -418,10 +418,36 @@ def _simple_3x3(conv: Conv2d) -> bool:
           and conv.groups == 1 and conv.padding_mode == "zeros")
 
 
-def conv_bn(module: nn.Module, x: Array, conv: Conv2d, norm: BatchNorm, *,
-            fast_eval: bool = False, upsample: bool = False) -> Array:
+#: Winograd F(2x2, 3x3) (:func:`dagan_jax.ops.winograd.conv3x3_winograd`)
+#: replaces a 3x3 conv in ``fast_eval`` when both channel counts are at
+#: least this and the output has at least ``WINOGRAD_MIN_PIXELS`` pixels
+#: per image (XLA:CPU, measured by ``benchmarks/run.py --convs``: the
+#: batched matmuls win once they are wide and tall enough).
+WINOGRAD_MIN_CHANNELS = 128
+WINOGRAD_MIN_PIXELS = 256
+#: Output tile of the Winograd transform (2: F(2x2, 3x3), 2.25x fewer
+#: multiplies, rounding like the direct conv; 4 is faster but ~10x less
+#: accurate, see :mod:`dagan_jax.ops.winograd`).
+WINOGRAD_TILE = 2
+
+
+def _use_winograd(conv: "Conv2d", x: Array, cout: int) -> bool:
+  return (_simple_3x3(conv) and x.shape[-1] >= WINOGRAD_MIN_CHANNELS
+          and cout >= WINOGRAD_MIN_CHANNELS
+          and x.shape[1] * x.shape[2] >= WINOGRAD_MIN_PIXELS)
+
+
+def _fast(module: nn.Module, norm: "BatchNorm | None") -> bool:
+  """Whether ``module``'s eval-mode fast paths apply now (eval, not init)."""
+  override = norm.use_running_average if norm is not None else None
+  return not is_training(module, override) and not module.is_initializing()
+
+
+def conv_bn(module: nn.Module, x: Array, conv: Conv2d, norm: "BatchNorm | None",
+            *, fast_eval: bool = False, upsample: bool = False) -> Array:
   """``norm(conv(upsample?(x)))`` for a block holding submodules ``conv`` and
-  ``norm``, with exact fast paths in eval mode.
+  ``norm`` (``norm`` may be None: the conv alone), with exact fast paths in
+  eval mode.
 
   With ``fast_eval`` and the block in eval mode (``batch_stats`` immutable,
   not initialising), where it pays off (decided from static shapes):
@@ -429,6 +455,10 @@ def conv_bn(module: nn.Module, x: Array, conv: Conv2d, norm: BatchNorm, *,
   * ``upsample`` with a 3x3 / padding 1 conv on an input of at least
     ``PHASE_MIN_PIXELS`` pixels: nearest x2 + conv as
     :func:`upsample2_conv3x3` (2-5x faster on XLA:CPU);
+  * a 3x3 / padding 1 conv (no upsampling) with at least
+    ``WINOGRAD_MIN_CHANNELS`` channels in and out on at least
+    ``WINOGRAD_MIN_PIXELS`` pixels: Winograd F(2x2, 3x3)
+    (:func:`dagan_jax.ops.winograd.conv3x3_winograd`);
   * the BatchNorm is folded into the conv (:func:`fold_batchnorm`) when the
     conv output has at least as many pixels as the kernel has taps per
     output channel (``B*H*W >= kh*kw*Cin``): scaling the kernel then costs
@@ -437,35 +467,41 @@ def conv_bn(module: nn.Module, x: Array, conv: Conv2d, norm: BatchNorm, *,
   Same variables, same result up to float rounding; training (and
   ``fast_eval=False``) takes the plain path.
   """
-  fast = (fast_eval and not is_training(module, norm.use_running_average)
-          and not module.is_initializing())
+  fast = fast_eval and _fast(module, norm)
   phase = fast and upsample and _simple_3x3(conv) and \
       x.shape[1] * x.shape[2] >= PHASE_MIN_PIXELS
   if not phase:
     if upsample:
       x = upsample_nearest2(x)
     if not fast:
-      return norm(conv(x))
+      y = conv(x)
+      return y if norm is None else norm(y)
   params = module.variables["params"]
   cp = params[conv.name]
-  kh, kw, cin, _ = cp["kernel"].shape
+  kh, kw, cin, cout = cp["kernel"].shape
   out_pixels = x.shape[0] * x.shape[1] * x.shape[2] * (4 if phase else 1)
   if _pair(conv.stride) != (1, 1):
     out_pixels //= _pair(conv.stride)[0] * _pair(conv.stride)[1]
-  if out_pixels >= kh * kw * cin:
-    stats = module.variables["batch_stats"][norm.name]
-    npar = params.get(norm.name, {})
-    kernel, bias = fold_batchnorm(cp["kernel"], cp.get("bias"), stats["mean"],
-                                  stats["var"], npar.get("scale"),
-                                  npar.get("bias"), norm.epsilon)
-    # Materialise the folded kernel: XLA:CPU would otherwise fuse the
-    # scaling into the convolution and fall back to a slow loop conv.
-    kernel, bias = jax.lax.optimization_barrier((kernel, bias))
-    post = None
-  else:
-    kernel, bias, post = cp["kernel"], cp.get("bias"), norm
+  post = None
+  kernel, bias = cp["kernel"], cp.get("bias")
+  if norm is not None:
+    if out_pixels >= kh * kw * cin:
+      stats = module.variables["batch_stats"][norm.name]
+      npar = params.get(norm.name, {})
+      kernel, bias = fold_batchnorm(kernel, bias, stats["mean"], stats["var"],
+                                    npar.get("scale"), npar.get("bias"),
+                                    norm.epsilon)
+      # Materialise the folded kernel: XLA:CPU would otherwise fuse the
+      # scaling into the convolution and fall back to a slow loop conv.
+      kernel, bias = jax.lax.optimization_barrier((kernel, bias))
+    else:
+      post = norm
   if phase:
     y = upsample2_conv3x3(x, kernel, bias, conv.precision)
+  elif _use_winograd(conv, x, cout):
+    from dagan_jax.ops.winograd import conv3x3_winograd  # pylint: disable=import-outside-toplevel
+    y = conv3x3_winograd(x, kernel, bias, m=WINOGRAD_TILE,
+                         precision=conv.precision)
   else:
     padding = conv.padding
     if conv.padding_mode == "reflect":
@@ -538,18 +574,32 @@ class UpBlock2d(nn.Module):
 class ResBlock2d(nn.Module):
   """Pre-activation residual block keeping resolution and channels:
   ``x + conv2(relu(norm2(conv1(relu(norm1(x))))))``.
-  Submodules ``conv1``, ``conv2``, ``norm1``, ``norm2``."""
+  Submodules ``conv1``, ``conv2``, ``norm1``, ``norm2``.
+
+  ``fast_eval`` (eval mode only, :func:`conv_bn`): ``norm2`` is folded into
+  ``conv1`` and wide 3x3 convs run as Winograd F(2x2, 3x3); ``norm1``
+  follows the residual sum and stays an elementwise pass."""
   kernel_size: IntPair = 3
   padding: IntPair = 1
   axis_name: str | None = None
+  fast_eval: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     c = x.shape[-1]
-    out = nn.relu(BatchNorm(axis_name=self.axis_name, name="norm1")(x))
-    out = Conv2d(c, self.kernel_size, padding=self.padding, name="conv1")(out)
-    out = nn.relu(BatchNorm(axis_name=self.axis_name, name="norm2")(out))
-    out = Conv2d(c, self.kernel_size, padding=self.padding, name="conv2")(out)
+    norm1 = BatchNorm(axis_name=self.axis_name, name="norm1")
+    conv1 = Conv2d(c, self.kernel_size, padding=self.padding, name="conv1")
+    norm2 = BatchNorm(axis_name=self.axis_name, name="norm2")
+    conv2 = Conv2d(c, self.kernel_size, padding=self.padding, name="conv2")
+    if not (self.fast_eval and _fast(self, norm2)):
+      out = nn.relu(norm1(x))
+      out = conv1(out)
+      out = nn.relu(norm2(out))
+      out = conv2(out)
+      return out + x
+    out = nn.relu(norm1(x))
+    out = nn.relu(conv_bn(self, out, conv1, norm2, fast_eval=True))
+    out = conv_bn(self, out, conv2, None, fast_eval=True)
     return out + x
 
 

@@ -1,0 +1,1 @@
+"""Speed, memory and FLOP benchmarks of dagan_jax (``python benchmarks/run.py``)."""

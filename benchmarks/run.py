@@ -1,0 +1,723 @@
+"""Speed, memory and work of DaGAN / DaGAN++ on the machine that runs this.
+
+  python benchmarks/run.py [--quick] [--json OUT] [--markdown BENCHMARKS.md]
+
+Rows (each runs in its own subprocess, so that its peak RSS is its own):
+
+* ``peak``: the machine's float32 peak, measured here: the best of N runs of
+  a large matmul and of a wide 3x3 convolution in JAX (and bfloat16 matmuls
+  with float32 accumulation, for reference).
+* ``inference:MODEL:B``: the per-frame function of
+  :class:`dagan_jax.inference.animate.Animator` (driving depth -> driving
+  keypoints -> keypoint normalisation -> generator ``decode`` on the source
+  features cached by ``prepare_source``, ``fast_eval`` on), B frames per
+  call: frames/s (median over calls after a warm-up), compile time apart.
+* ``training:MODEL:B``: the full talking-head step
+  (:func:`dagan_jax.training.talking_head.make_train_step`: generator +
+  keypoint detector update with every loss -- pyramid perceptual on a
+  randomly initialised VGG19, GAN, feature matching, equivariance -- then the
+  discriminator update) on a 1-device mesh, B samples: s/step, samples/s.
+* ``input:MODEL:B``: records/s of the training input pipeline
+  (:func:`dagan_jax.input.benchmark.measure_records_per_second` on the
+  sample clips), next to what the training row of the same batch needs.
+* ``profile-inference:MODEL:B`` / ``profile-training:MODEL:B``: where the
+  time goes (:mod:`benchmarks.breakdown`).
+
+Every row reports the compiled program's FLOPs (loop-aware matmul + conv
+count of the optimised HLO, :mod:`benchmarks.hlo_flops`, and XLA's own
+``cost_analysis`` figure), its compiled peak memory (``memory_analysis``),
+the process peak RSS, and the load average before and after. A row whose
+compiled peak exceeds the available memory is skipped with the reason.
+Models use random weights: costs depend on shapes only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from typing import Any
+
+if __package__ in (None, ""):
+  sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from benchmarks import common  # noqa: E402
+
+#: Models the rows refer to: config spec and a label for the tables.
+MODELS = {
+    "dagan256": {"config": "configs/vox256_dagan.py",
+                 "label": "DaGAN 256x256 (vox-adv-256, 15 kp)"},
+    "daganpp256": {"config": "configs/vox256_daganpp.py",
+                   "label": "DaGAN++ 256x256"},
+    "daganpp512": {"config": "configs/hdtf512_daganpp.py:daganpp",
+                   "label": "DaGAN++ 512x512 (HDTF)"},
+    "smoke": {"config": "configs/smoke.py",
+              "label": "smoke (64x64, narrow; tests only)"},
+}
+
+#: The official PyTorch DaGAN on these machines (2 threads, float32,
+#: vox-adv-256 with 15 kp, random weights), from
+#: ../shared/fixtures/README.md: the yardstick of the ratio columns.
+OFFICIAL_REFERENCE = {
+    "source": "shared/fixtures/README.md (official PyTorch DaGAN, 2 CPU "
+              "threads, float32, 15 kp)",
+    "inference:dagan256:1": {"s_per_frame": 1.09},
+    "training:dagan256:2": {"s_per_step": 13.5},
+}
+
+FULL_ROWS = (
+    ["peak"]
+    + [f"inference:{m}:{b}" for m in ("dagan256", "daganpp256", "daganpp512")
+       for b in (1, 16)]
+    + [f"training:{m}:{b}" for m in ("dagan256", "daganpp256", "daganpp512")
+       for b in (2, 8)]
+    + ["input:dagan256:2", "input:dagan256:8",
+       "profile-inference:dagan256:1", "profile-training:dagan256:2"])
+QUICK_ROWS = ["peak", "inference:dagan256:1", "inference:dagan256:16",
+              "training:dagan256:2", "training:dagan256:8"]
+
+
+# --------------------------------------------------------------------------
+# Row workers (run in a subprocess)
+
+def _peak_row(opts: dict[str, Any]) -> dict[str, Any]:
+  """Best-of-N GFLOP/s of float32 matmul and 3x3 conv (and bf16 matmul)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  tiny = opts.get("tiny", False)
+  n = 256 if tiny else 2048
+  h, c = (16, 32) if tiny else (64, 256)
+  batch = 1 if tiny else 4
+  reps = 3 if tiny else int(opts.get("peak_reps", 10))
+  rng = np.random.default_rng(0)
+  a = jnp.asarray(rng.standard_normal((n, n), np.float32))
+  b = jnp.asarray(rng.standard_normal((n, n), np.float32))
+  x = jnp.asarray(rng.standard_normal((batch, h, h, c), np.float32))
+  k = jnp.asarray(rng.standard_normal((3, 3, c, c), np.float32) / np.sqrt(9 * c))
+
+  def conv(x, k):
+    return jax.lax.conv_general_dilated(x, k, (1, 1), ((1, 1), (1, 1)),
+                                        dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+  cases = {
+      "matmul_f32": (lambda a, b: a @ b, (a, b), 2.0 * n ** 3),
+      "conv3x3_f32": (conv, (x, k), 2.0 * batch * h * h * c * c * 9),
+      "matmul_bf16_f32acc": (
+          lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32),
+          (a.astype(jnp.bfloat16), b.astype(jnp.bfloat16)), 2.0 * n ** 3),
+  }
+  out: dict[str, Any] = {"loadavg_before": common.loadavg()}
+  for name, (fn, args, flops) in cases.items():
+    compiled = jax.jit(fn).lower(*args).compile()
+    jax.block_until_ready(compiled(*args))
+    best = float("inf")
+    for _ in range(reps):
+      t = time.perf_counter()
+      jax.block_until_ready(compiled(*args))
+      best = min(best, time.perf_counter() - t)
+    out[name] = {"gflops_per_s": flops / best / 1e9, "best_s": best,
+                 "gflop": flops / 1e9, "shape": str([tuple(v.shape) for v in args])}
+  out["peak_f32_gflops_per_s"] = max(out["matmul_f32"]["gflops_per_s"],
+                                     out["conv3x3_f32"]["gflops_per_s"])
+  out["method"] = (f"best of {reps} runs (after a warm-up) of a {n}x{n} float32 "
+                   f"matmul and a 3x3 conv {batch}x{h}x{h}x{c}->{c} in JAX; "
+                   "peak = the larger")
+  out["loadavg_after"] = common.loadavg()
+  return out
+
+
+def _frames(shape, batch, seed):
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  rng = np.random.default_rng(seed)
+  return rng.random((batch, *shape[:2], 3), np.float32)
+
+
+def _cost(compiled) -> dict[str, Any]:
+  from benchmarks import hlo_flops  # pylint: disable=import-outside-toplevel
+  out = common.compiled_cost(compiled)
+  out["xla_flops"] = out.pop("flops", None)
+  counted = hlo_flops.matmul_flops(compiled.as_text())
+  out["flops"] = counted["flops"]
+  out["loops"] = len(counted["loops"])
+  out["unknown_trip_counts"] = counted["unknown_trip_counts"]
+  return out
+
+
+def _inference_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any]:
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from dagan_jax.inference import animate  # pylint: disable=import-outside-toplevel
+  from dagan_jax.models import build  # pylint: disable=import-outside-toplevel
+  variant = opts.get("variant", "")
+  cfg = common.load_config(MODELS[model]["config"])
+  models = build.build_models(cfg)
+  abstract = build.abstract_variables(models, build.NETWORKS[:4])
+  variables = common.random_variables(abstract, seed=0)
+  fast_eval = variant != "plain"
+  an = animate.Animator(cfg, variables, batch_size=batch, fast_eval=fast_eval)
+  shape = an.frame_shape
+  t = time.perf_counter()
+  state = an.prepare_source(_frames(shape, 1, 1)[0])
+  jax.block_until_ready(state)
+  source_s = time.perf_counter() - t
+  frames = _frames(shape, batch, 2)
+  kp0 = an.keypoints(frames[:1])
+  args = (an.variables, state, frames, kp0, np.bool_(True), np.bool_(True))
+  t = time.perf_counter()
+  compiled = an.compiled.drive_fn.lower(*args).compile()
+  compile_s = time.perf_counter() - t
+  out: dict[str, Any] = {"fast_eval": fast_eval, "frame_shape": list(shape),
+                         "compile_s": compile_s,
+                         "prepare_source_s_incl_compile": source_s}
+  out.update(_cost(compiled))
+  ok, why = common.fits_in_memory(out.get("peak_bytes"))
+  if not ok:
+    out["skipped"] = why
+    return out
+  budget = float(opts.get("max_row_seconds", 1800))
+  first = _timed_once(lambda: jax.block_until_ready(compiled(*args)))
+  out["first_call_s"] = first
+  if first * 3 > budget:
+    out["times_s"] = [first]
+    out["median_s"] = out["min_s"] = first
+    out["note"] = (f"one call takes {first:.0f} s: the first call after compile "
+                   "is the only one timed (row budget)")
+  else:
+    out.update(common.time_calls(lambda: jax.block_until_ready(compiled(*args)),
+                                 min_calls=int(opts.get("min_calls", 3)),
+                                 min_seconds=float(opts.get("min_seconds", 5)),
+                                 max_seconds=budget / 2))
+  out["s_per_frame"] = out["median_s"] / batch
+  out["frames_per_s"] = batch / out["median_s"]
+  out["frames_per_s_best"] = batch / out["min_s"]
+  pred = np.asarray(compiled(*args)["prediction"])
+  out["prediction_finite"] = bool(np.isfinite(pred).all())
+  return out
+
+
+def _timed_once(fn) -> float:
+  t = time.perf_counter()
+  fn()
+  return time.perf_counter() - t
+
+
+def _training_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any]:
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from dagan_jax.models import build as build_lib  # pylint: disable=import-outside-toplevel
+  from dagan_jax.models import vgg as vgg_lib  # pylint: disable=import-outside-toplevel
+  from dagan_jax.training import parallel  # pylint: disable=import-outside-toplevel
+  from dagan_jax.training import talking_head as th  # pylint: disable=import-outside-toplevel
+  variant = opts.get("variant", "")
+  overrides = {"train_params.batch_size": batch}
+  if variant == "bf16":
+    overrides["train_params.compute_dtype"] = "bfloat16"
+  cfg = common.load_config(MODELS[model]["config"], overrides)
+  arch = str(opts.get("vgg", "vgg19"))
+  vgg = vgg_lib.VGGFeatures(arch=arch)
+  task = th.make_task(cfg, global_batch_size=batch, steps_per_epoch=1000, vgg=vgg)
+  mesh = parallel.make_mesh([jax.devices()[0]])
+  abstract = build_lib.abstract_variables(task.models, th.TRAINED)
+  state = th.create_train_state(task, common.random_variables(abstract, seed=0))
+  frozen: dict[str, Any] = {}
+  if task.use_depth_network:
+    frozen["depth"] = common.random_variables(build_lib.abstract_variables(
+        task.models, ("depth_encoder", "depth_decoder")), seed=1)
+  frozen["vgg"] = common.random_variables(jax.eval_shape(
+      lambda k: vgg.init(k, jnp.zeros((1, 32, 32, 3))), jax.random.key(0)), seed=2)
+  h, w, _ = (int(v) for v in cfg.dataset_params.frame_shape)
+  rng = np.random.default_rng(3)
+  batch_np = {"source": rng.random((batch, h, w, 3), np.float32),
+              "driving": rng.random((batch, h, w, 3), np.float32)}
+  state = parallel.replicate(state, mesh)
+  frozen = parallel.replicate(frozen, mesh)
+  data = parallel.global_batch(batch_np, mesh)
+  key = jax.random.key(4)
+  step = th.make_train_step(task, mesh)
+  t = time.perf_counter()
+  compiled = step.lower(state, data, frozen, key).compile()
+  compile_s = time.perf_counter() - t
+  out: dict[str, Any] = {"compile_s": compile_s, "perceptual_backbone":
+                         f"{arch} (random weights)",
+                         "compute_dtype": str(cfg.train_params.compute_dtype)}
+  out.update(_cost(compiled))
+  ok, why = common.fits_in_memory(out.get("peak_bytes"))
+  if not ok:
+    out["skipped"] = why
+    return out
+  holder = {"state": state, "i": 0, "metrics": None}
+
+  def one_step():
+    holder["state"], holder["metrics"] = compiled(
+        holder["state"], data, frozen, jax.random.fold_in(key, holder["i"]))
+    holder["i"] += 1
+    jax.block_until_ready(holder["metrics"])
+
+  budget = float(opts.get("max_row_seconds", 1800))
+  first = _timed_once(one_step)
+  out["first_call_s"] = first
+  if first * 3 > budget:
+    out.update({"times_s": [first], "median_s": first, "min_s": first,
+                "note": f"one step takes {first:.0f} s: only the first step "
+                        "after compile is timed (row budget)"})
+  else:
+    out.update(common.time_calls(one_step, min_calls=int(opts.get("min_calls", 3)),
+                                 min_seconds=float(opts.get("min_seconds", 5)),
+                                 max_seconds=budget / 2))
+  out["s_per_step"] = out["median_s"]
+  out["samples_per_s"] = batch / out["median_s"]
+  metrics = {k: float(v) for k, v in jax.device_get(holder["metrics"]).items()}
+  out["step_finite"] = metrics.get("finite", 0.0) == 1.0
+  return out
+
+
+def _input_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any]:
+  from dagan_jax.input import benchmark as input_bench  # pylint: disable=import-outside-toplevel
+  root = input_bench._default_root()  # pylint: disable=protected-access
+  if not root.exists():
+    return {"skipped": f"no sample data at {root}"}
+  workers = tuple(int(w) for w in str(opts.get("workers", "0,2")).split(","))
+  res = input_bench.measure_records_per_second(
+      root=root, workers=workers, batch_size=batch,
+      num_batches=int(opts.get("num_batches", 6 if opts.get("quick") else 12)))
+  res["data"] = f"{root.name} (256x256 mp4 clips, FOMM augmentation)"
+  del model
+  return res
+
+
+def _classify_inference(scopes: list[str]) -> str:
+  path = "/".join(scopes)
+  if "ResnetEncoder" in path or "DepthDecoder" in path:
+    return "depth network (driving)"
+  if "KPDetector" in path:
+    return "keypoint detector (driving)"
+  for key, label in (("dense_motion_network", "generator: dense motion"),
+                     ("AttnModule", "generator: depth-aware attention"),
+                     ("attention_", "generator: cross-modal attention"),
+                     ("bottleneck_r", "generator: bottleneck ResBlocks"),
+                     ("up_blocks", "generator: up-blocks"),
+                     ("fuse_blocks", "generator: fuse blocks"),
+                     ("final", "generator: final 7x7 conv")):
+    if key in path:
+      return label
+  if "Generator" in path:
+    return "generator: warps, occlusion, rest"
+  return "keypoint normalisation, rest"
+
+
+def _classify_training(scopes: list[str]) -> str:
+  path = "/".join(scopes)
+  if "VGGFeatures" in path:
+    return "perceptual VGG19 (pyramid)"
+  if "MultiScaleDiscriminator" in path:
+    return "discriminator"
+  if "ResnetEncoder" in path or "DepthDecoder" in path:
+    return "depth network (frozen)"
+  if "KPDetector" in path:
+    return "keypoint detector"
+  if "Generator" in path:
+    for key, label in (("dense_motion_network", "generator: dense motion"),
+                       ("bottleneck_r", "generator: bottleneck ResBlocks"),
+                       ("up_blocks", "generator: up-blocks"),
+                       ("down_blocks", "generator: encoders"),
+                       ("first", "generator: encoders"),
+                       ("AttnModule", "generator: attention"),
+                       ("attention_", "generator: attention")):
+      if key in path:
+        return label
+    return "generator: rest"
+  if "optax" in path or "adam" in path.lower():
+    return "optimizer"
+  return "losses, pyramid, TPS, optimizer, rest"
+
+
+def _profile_row(kind: str, model: str, batch: int, opts: dict[str, Any]
+                 ) -> dict[str, Any]:
+  import flax  # pylint: disable=import-outside-toplevel
+  flax.config.update("flax_profile", True)  # named scopes per linen module
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from benchmarks import breakdown  # pylint: disable=import-outside-toplevel
+  runs = int(opts.get("profile_runs", 3))
+  if kind == "profile-inference":
+    from dagan_jax.inference import animate  # pylint: disable=import-outside-toplevel
+    from dagan_jax.models import build  # pylint: disable=import-outside-toplevel
+    cfg = common.load_config(MODELS[model]["config"])
+    models = build.build_models(cfg)
+    variables = common.random_variables(
+        build.abstract_variables(models, build.NETWORKS[:4]), seed=0)
+    an = animate.Animator(cfg, variables, batch_size=batch, fast_eval=True)
+    state = an.prepare_source(_frames(an.frame_shape, 1, 1)[0])
+    frames = _frames(an.frame_shape, batch, 2)
+    kp0 = an.keypoints(frames[:1])
+    args = (an.variables, state, frames, kp0, np.bool_(True), np.bool_(True))
+    compiled = an.compiled.drive_fn.lower(*args).compile()
+    res = breakdown.time_by_scope(compiled, args, runs=runs,
+                                  classify=_classify_inference)
+  else:
+    from dagan_jax.models import build as build_lib  # pylint: disable=import-outside-toplevel
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+    from dagan_jax.models import vgg as vgg_lib  # pylint: disable=import-outside-toplevel
+    from dagan_jax.training import parallel  # pylint: disable=import-outside-toplevel
+    from dagan_jax.training import talking_head as th  # pylint: disable=import-outside-toplevel
+    cfg = common.load_config(MODELS[model]["config"],
+                             {"train_params.batch_size": batch})
+    vgg = vgg_lib.VGGFeatures(arch="vgg19")
+    task = th.make_task(cfg, global_batch_size=batch, steps_per_epoch=1000, vgg=vgg)
+    mesh = parallel.make_mesh([jax.devices()[0]])
+    state = th.create_train_state(task, common.random_variables(
+        build_lib.abstract_variables(task.models, th.TRAINED)))
+    frozen = {"depth": common.random_variables(build_lib.abstract_variables(
+        task.models, ("depth_encoder", "depth_decoder")), seed=1),
+              "vgg": common.random_variables(jax.eval_shape(
+                  lambda k: vgg.init(k, jnp.zeros((1, 32, 32, 3))),
+                  jax.random.key(0)), seed=2)}
+    h, w, _ = (int(v) for v in cfg.dataset_params.frame_shape)
+    rng = np.random.default_rng(3)
+    data = parallel.global_batch({"source": rng.random((batch, h, w, 3), np.float32),
+                                  "driving": rng.random((batch, h, w, 3), np.float32)},
+                                 mesh)
+    state, frozen = parallel.replicate(state, mesh), parallel.replicate(frozen, mesh)
+    step = th.make_train_step(task, mesh)
+    # No donation here: the profiler calls the step several times on the
+    # same state.
+    compiled = jax.jit(step.__wrapped__ if hasattr(step, "__wrapped__") else step
+                       ).lower(state, data, frozen, jax.random.key(4)).compile()
+    res = breakdown.time_by_scope(compiled, (state, data, frozen, jax.random.key(4)),
+                                  runs=runs, classify=_classify_training)
+  return {"total_thunk_s": res["total_s"],
+          "groups": [{"name": n, "s": s, "share": sh} for n, s, sh in res["groups"]],
+          "runs": runs, "method": "jax.profiler trace; per-op minimum over runs; "
+          "grouped by the linen module scopes of each op's metadata"}
+
+
+def run_worker(row: str, opts: dict[str, Any]) -> dict[str, Any]:
+  """Runs one row in this process and returns its result dict."""
+  parts = row.split(":")
+  kind = parts[0]
+  out: dict[str, Any] = {"row": row, "kind": kind}
+  t = time.perf_counter()
+  if kind == "peak":
+    out.update(_peak_row(opts))
+  else:
+    model, batch = parts[1], int(parts[2])
+    if len(parts) > 3:
+      opts = {**opts, "variant": parts[3]}
+    out.update({"model": model, "batch": batch, "variant": opts.get("variant", "")})
+    if kind == "inference":
+      out.update(_inference_row(model, batch, opts))
+    elif kind == "training":
+      out.update(_training_row(model, batch, opts))
+    elif kind == "input":
+      out.update(_input_row(model, batch, opts))
+    elif kind in ("profile-inference", "profile-training"):
+      out.update(_profile_row(kind, model, batch, opts))
+    else:
+      raise ValueError(f"unknown row kind {kind!r}")
+  out["row_wall_s"] = time.perf_counter() - t
+  out["peak_rss_bytes"] = common.peak_rss_bytes()
+  return out
+
+
+def run_row_subprocess(row: str, opts: dict[str, Any], timeout: float
+                       ) -> dict[str, Any]:
+  """``run_worker(row)`` in a fresh Python process (own RSS, own caches)."""
+  with tempfile.TemporaryDirectory() as tmp:
+    out_path = os.path.join(tmp, "row.json")
+    cmd = [sys.executable, os.path.abspath(__file__), "--worker", row,
+           "--worker-out", out_path, "--opts", json.dumps(opts)]
+    t = time.perf_counter()
+    try:
+      proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
+                            check=False, cwd=common.REPO)
+    except subprocess.TimeoutExpired:
+      return {"row": row, "kind": row.split(":")[0], "error":
+              f"timed out after {timeout:.0f} s", "row_wall_s": timeout}
+    if proc.returncode != 0 or not os.path.exists(out_path):
+      tail = (proc.stderr or proc.stdout or "")[-2000:]
+      return {"row": row, "kind": row.split(":")[0],
+              "error": f"exit {proc.returncode}: {tail}",
+              "row_wall_s": time.perf_counter() - t}
+    with open(out_path) as f:
+      return json.load(f)
+
+
+# --------------------------------------------------------------------------
+# Report
+
+def _attach_derived(results: list[dict[str, Any]]) -> None:
+  """Achieved FLOP/s and fraction of peak; the input rows' need."""
+  peak = next((r for r in results if r.get("kind") == "peak" and
+               "peak_f32_gflops_per_s" in r), None)
+  steps = {(r.get("model"), r.get("batch")): r.get("s_per_step")
+           for r in results if r.get("kind") == "training" and r.get("s_per_step")}
+  for r in results:
+    secs = r.get("median_s")
+    if r.get("flops") and secs:
+      r["achieved_gflops_per_s"] = r["flops"] / secs / 1e9
+      if peak:
+        r["fraction_of_peak"] = r["achieved_gflops_per_s"] / peak["peak_f32_gflops_per_s"]
+    if r.get("kind") == "training" and r.get("flops"):
+      r["gflop_per_step"] = r["flops"] / 1e9
+    if r.get("kind") == "inference" and r.get("flops"):
+      r["gflop_per_frame"] = r["flops"] / r["batch"] / 1e9
+    ref = OFFICIAL_REFERENCE.get(f"{r.get('kind')}:{r.get('model')}:{r.get('batch')}")
+    if ref and r.get("s_per_frame"):
+      r["speedup_vs_official"] = ref["s_per_frame"] / r["s_per_frame"]
+    if ref and r.get("s_per_step"):
+      r["speedup_vs_official"] = ref["s_per_step"] / r["s_per_step"]
+    if r.get("kind") == "input":
+      need_s = steps.get((r.get("model"), r.get("batch")))
+      if need_s:
+        r["step_seconds"] = need_s
+        r["need_records_per_s"] = r["batch"] / need_s
+        for key, val in r.items():
+          if key.startswith("workers=") and isinstance(val, dict):
+            val["headroom"] = val["records_per_s"] / r["need_records_per_s"]
+
+
+def _fmt(v: Any, spec: str = ".3g") -> str:
+  if v is None:
+    return "-"
+  if isinstance(v, float):
+    return format(v, spec)
+  return str(v)
+
+
+def _load(r: dict[str, Any]) -> str:
+  a, b = r.get("loadavg_before"), r.get("loadavg_after")
+  if not a:
+    return "-"
+  return f"{a[0]:.1f}->{b[0]:.1f}" if b else f"{a[0]:.1f}"
+
+
+def _status(r: dict[str, Any]) -> str | None:
+  if r.get("error"):
+    return "error: " + r["error"].strip().splitlines()[-1][:160]
+  if r.get("skipped"):
+    return "skipped: " + r["skipped"]
+  return None
+
+
+def markdown_report(report: dict[str, Any]) -> str:
+  """The result tables as markdown (machine, versions, date, rows)."""
+  m = report["machine"]
+  res = report["results"]
+  peak = next((r for r in res if r.get("kind") == "peak"), {})
+  lines = [
+      f"Measured {m['date']} on `{m['host']}`: {m['cpu']}, {m['cpu_count']} "
+      f"cores ({', '.join(m['cpu_flags'])}), "
+      f"{common.human_bytes(m.get('mem_total_bytes'))} RAM, {m['device']}; "
+      f"Python {m['python']}, jax {m['jax']}, jaxlib {m['jaxlib']}, flax "
+      f"{m['flax']}, numpy {m['numpy']}; commit {m['commit']}"
+      + (f"; XLA_FLAGS `{m['xla_flags']}`" if m.get("xla_flags") else "")
+      + f". Load average at start: {m['loadavg'][0]:.1f} "
+      f"(1 min; the machine is shared, see each row). Command: "
+      f"`{report['command']}`.", ""]
+  if peak.get("peak_f32_gflops_per_s"):
+    lines += [
+        f"Machine peak (float32): **{peak['peak_f32_gflops_per_s']:.0f} GFLOP/s** "
+        f"= {peak['method']}: matmul {peak['matmul_f32']['gflops_per_s']:.0f}, "
+        f"conv {peak['conv3x3_f32']['gflops_per_s']:.0f}; bfloat16 matmul "
+        f"(float32 accumulation) {peak['matmul_bf16_f32acc']['gflops_per_s']:.0f} "
+        f"GFLOP/s (load {_load(peak)}).", ""]
+  inf = [r for r in res if r.get("kind") == "inference"]
+  if inf:
+    lines += ["**Inference** (animate's per-frame function, source cached, "
+              "fast_eval; frames/s = batch / median call time)", "",
+              "| model | batch | frames/s | s/frame (median / best) | vs official | "
+              "compile s | GFLOP/frame | achieved GFLOP/s (% peak) | compiled peak | "
+              "peak RSS | load |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in inf:
+      label = MODELS.get(r["model"], {}).get("label", r["model"])
+      if r.get("variant"):
+        label += f" [{r['variant']}]"
+      st = _status(r)
+      if st:
+        lines.append(f"| {label} | {r['batch']} | {st} | | | "
+                     f"{_fmt(r.get('compile_s'), '.0f')} | "
+                     f"{_fmt(r.get('gflop_per_frame'), '.1f')} | | "
+                     f"{common.human_bytes(r.get('peak_bytes'))} | "
+                     f"{common.human_bytes(r.get('peak_rss_bytes'))} | {_load(r)} |")
+        continue
+      frac = r.get("fraction_of_peak")
+      sp = r.get("speedup_vs_official")
+      lines.append(
+          f"| {label} | {r['batch']} | {r['frames_per_s']:.3g} | "
+          f"{r['s_per_frame']:.3g} / {r['min_s'] / r['batch']:.3g} | "
+          f"{(f'{sp:.2f}x' if sp else '-')} | {r['compile_s']:.0f} | "
+          f"{_fmt(r.get('gflop_per_frame'), '.1f')} | "
+          f"{_fmt(r.get('achieved_gflops_per_s'), '.0f')}"
+          f"{f' ({100 * frac:.0f}%)' if frac else ''} | "
+          f"{common.human_bytes(r.get('peak_bytes'))} | "
+          f"{common.human_bytes(r.get('peak_rss_bytes'))} | {_load(r)} |")
+    lines.append("")
+  tr = [r for r in res if r.get("kind") == "training"]
+  if tr:
+    lines += ["**Training** (full step: G + kp detector update with perceptual "
+              "pyramid, GAN, feature matching, equivariance; then D update; "
+              "1 device)", "",
+              "| model | batch | s/step (median / best) | samples/s | vs official | "
+              "compile s | GFLOP/step | achieved GFLOP/s (% peak) | compiled peak | "
+              "peak RSS | perceptual net | load |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in tr:
+      label = MODELS.get(r["model"], {}).get("label", r["model"])
+      if r.get("variant"):
+        label += f" [{r['variant']}]"
+      st = _status(r)
+      if st:
+        lines.append(f"| {label} | {r['batch']} | {st} | | | "
+                     f"{_fmt(r.get('compile_s'), '.0f')} | "
+                     f"{_fmt(r.get('gflop_per_step'), '.0f')} | | "
+                     f"{common.human_bytes(r.get('peak_bytes'))} | "
+                     f"{common.human_bytes(r.get('peak_rss_bytes'))} | "
+                     f"{r.get('perceptual_backbone', '-')} | {_load(r)} |")
+        continue
+      frac = r.get("fraction_of_peak")
+      sp = r.get("speedup_vs_official")
+      lines.append(
+          f"| {label} | {r['batch']} | {r['s_per_step']:.3g} / {r['min_s']:.3g} | "
+          f"{r['samples_per_s']:.3g} | {(f'{sp:.2f}x' if sp else '-')} | "
+          f"{r['compile_s']:.0f} | {_fmt(r.get('gflop_per_step'), '.0f')} | "
+          f"{_fmt(r.get('achieved_gflops_per_s'), '.0f')}"
+          f"{f' ({100 * frac:.0f}%)' if frac else ''} | "
+          f"{common.human_bytes(r.get('peak_bytes'))} | "
+          f"{common.human_bytes(r.get('peak_rss_bytes'))} | "
+          f"{r.get('perceptual_backbone', '-')} | {_load(r)} |")
+    lines.append("")
+  ip = [r for r in res if r.get("kind") == "input"]
+  if ip:
+    lines += ["**Input pipeline** (pair records/s after the first batch, "
+              "next to the training step's need = batch / s per step)", "",
+              "| data | batch | workers | records/s | first batch s | step needs "
+              "records/s | headroom |", "|---|---|---|---|---|---|---|"]
+    for r in ip:
+      st = _status(r)
+      if st:
+        lines.append(f"| - | {r['batch']} | {st} | | | | |")
+        continue
+      for key, val in r.items():
+        if key.startswith("workers=") and isinstance(val, dict):
+          lines.append(
+              f"| {r.get('data', '-')} | {r['batch']} | {key.split('=')[1]} | "
+              f"{val['records_per_s']:.3g} | {val['first_batch_s']:.2g} | "
+              f"{_fmt(r.get('need_records_per_s'))} | "
+              f"{_fmt(val.get('headroom'), '.3g')} |")
+    lines.append("")
+  for r in res:
+    if r.get("kind", "").startswith("profile") and r.get("groups"):
+      what = "inference frame" if r["kind"] == "profile-inference" else "training step"
+      lines += [f"**Where the time goes**: {MODELS[r['model']]['label']}, "
+                f"{what}, batch {r['batch']} ({r['method']})", "",
+                "| part | s | share |", "|---|---|---|"]
+      for g in r["groups"]:
+        if g["share"] >= 0.005:
+          lines.append(f"| {g['name']} | {g['s']:.3f} | {100 * g['share']:.1f}% |")
+      lines += [f"| total (sum of op times) | {r['total_thunk_s']:.3f} | |", ""]
+  errs = [r for r in res if r.get("kind") == "profile" and _status(r)]
+  for r in errs:
+    lines.append(f"- {r['row']}: {_status(r)}")
+  return "\n".join(lines).rstrip() + "\n"
+
+
+def update_markdown(path: str, section: str, body: str) -> None:
+  """Replaces (or appends) the block between the ``section`` markers."""
+  begin = f"<!-- benchmarks:{section}:begin (written by benchmarks/run.py) -->"
+  end = f"<!-- benchmarks:{section}:end -->"
+  text = ""
+  if os.path.exists(path):
+    with open(path) as f:
+      text = f.read()
+  block = f"{begin}\n{body}{end}"
+  if begin in text and end in text:
+    pre, rest = text.split(begin, 1)
+    _, post = rest.split(end, 1)
+    text = pre + block + post
+  else:
+    text = text.rstrip() + ("\n\n" if text else "") + block + "\n"
+  with open(path, "w") as f:
+    f.write(text)
+
+
+def main(argv: list[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("--quick", action="store_true",
+                      help="the 256x256 DaGAN inference and training rows only")
+  parser.add_argument("--rows", default=None,
+                      help="comma-separated rows (e.g. inference:dagan256:1,peak)")
+  parser.add_argument("--json", default=None, help="write every figure here")
+  parser.add_argument("--markdown", default=None,
+                      help="update this markdown file's results section")
+  parser.add_argument("--section", default="cpu",
+                      help="name of the markdown section (one per machine kind)")
+  parser.add_argument("--timeout", type=float, default=None,
+                      help="seconds per row (default 900 quick, 7200 full)")
+  parser.add_argument("--max-row-seconds", type=float, default=None,
+                      help="timed-call budget per row (default 300 quick, 1800)")
+  parser.add_argument("--in-process", action="store_true",
+                      help="run rows in this process (tests; RSS is shared)")
+  parser.add_argument("--tiny", action="store_true",
+                      help="small peak measurement and few calls (tests)")
+  parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--opts", default="{}", help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+
+  if args.worker:
+    result = run_worker(args.worker, json.loads(args.opts))
+    with open(args.worker_out, "w") as f:
+      json.dump(result, f)
+    return 0
+
+  rows = (args.rows.split(",") if args.rows else
+          QUICK_ROWS if args.quick else FULL_ROWS)
+  opts: dict[str, Any] = {"quick": args.quick, "tiny": args.tiny,
+                          "max_row_seconds": args.max_row_seconds or
+                          (300 if args.quick else 1800)}
+  if args.quick or args.tiny:
+    opts.update({"min_calls": 2, "min_seconds": 2.0})
+  timeout = args.timeout or (900 if args.quick else 7200)
+  import jax  # pylint: disable=import-outside-toplevel,unused-import
+  report: dict[str, Any] = {
+      "command": "python benchmarks/run.py " + " ".join(
+          a for a in (argv if argv is not None else sys.argv[1:])),
+      "machine": common.machine_info(), "official_reference": OFFICIAL_REFERENCE,
+      "results": []}
+  for row in rows:
+    print(f"[benchmarks] {row} (load {common.loadavg()[0]:.1f}) ...", flush=True)
+    if args.in_process:
+      try:
+        result = run_worker(row, opts)
+      except Exception as e:  # pylint: disable=broad-except
+        result = {"row": row, "kind": row.split(":")[0], "error": repr(e)}
+    else:
+      result = run_row_subprocess(row, opts, timeout)
+    report["results"].append(result)
+    brief = {k: result.get(k) for k in ("frames_per_s", "s_per_step", "compile_s",
+                                        "peak_f32_gflops_per_s", "skipped", "error")
+             if result.get(k) is not None}
+    print(f"[benchmarks] {row}: {brief}", flush=True)
+    _attach_derived(report["results"])
+    if args.json:  # keep what is done so far
+      with open(args.json, "w") as f:
+        json.dump(report, f, indent=1)
+  md = markdown_report(report)
+  print(md)
+  if args.markdown:
+    update_markdown(args.markdown, args.section, md)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

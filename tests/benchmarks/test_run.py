@@ -1,0 +1,76 @@
+"""benchmarks/run.py: the smallest path produces well-formed JSON and tables."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from benchmarks import hlo_flops, run
+
+
+def test_tiny_run_writes_json_and_markdown(tmp_path):
+  out, md = tmp_path / "bench.json", tmp_path / "BENCH.md"
+  md.write_text("# Notes kept\n\ntext before\n")
+  assert run.main(["--tiny", "--in-process", "--rows", "peak,inference:smoke:1",
+                   "--json", str(out), "--markdown", str(md),
+                   "--section", "test"]) == 0
+  report = json.loads(out.read_text())
+  assert set(report) >= {"command", "machine", "results", "official_reference"}
+  for key in ("cpu", "cpu_count", "jax", "flax", "date", "loadavg", "commit"):
+    assert key in report["machine"], key
+  peak, inf = report["results"]
+  assert peak["kind"] == "peak" and peak["peak_f32_gflops_per_s"] > 0
+  assert inf["kind"] == "inference" and "error" not in inf, inf.get("error")
+  for key in ("frames_per_s", "s_per_frame", "compile_s", "flops", "xla_flops",
+              "peak_bytes", "peak_rss_bytes", "loadavg_before", "loadavg_after",
+              "achieved_gflops_per_s", "fraction_of_peak", "times_s"):
+    assert key in inf, key
+  assert inf["prediction_finite"]
+  assert inf["frames_per_s"] == pytest.approx(1 / inf["median_s"])
+  text = md.read_text()
+  assert text.startswith("# Notes kept\n\ntext before\n")
+  assert "<!-- benchmarks:test:begin" in text and "**Inference**" in text
+  assert "| smoke (64x64, narrow; tests only) | 1 |" in text
+  # A second run replaces the section instead of appending another.
+  run.update_markdown(str(md), "test", "replaced\n")
+  text = md.read_text()
+  assert text.count("benchmarks:test:begin") == 1 and "replaced" in text
+
+
+def test_unknown_row_is_reported_not_raised(tmp_path):
+  out = tmp_path / "bench.json"
+  assert run.main(["--tiny", "--in-process", "--rows", "nonsense:smoke:1",
+                   "--json", str(out)]) == 0
+  (res,) = json.loads(out.read_text())["results"]
+  assert "unknown row kind" in res["error"]
+
+
+def test_hlo_flops_counts_loop_bodies_times_their_trip_count():
+  def scan(x, w):
+    return jax.lax.scan(lambda c, _: (c @ w, None), x, None, length=10)[0]
+
+  x = jnp.ones((64, 64))
+  compiled = jax.jit(scan).lower(x, x).compile()
+  counted = hlo_flops.matmul_flops(compiled.as_text())
+  assert counted["flops"] == 10 * 2 * 64 ** 3
+  assert counted["loops"] and counted["unknown_trip_counts"] == 0
+
+
+@pytest.mark.parametrize("stride,groups", [(1, 1), (2, 1), (1, 2)])
+def test_hlo_flops_of_a_conv_and_its_gradients(stride, groups):
+  def conv(x, k):
+    return jax.lax.conv_general_dilated(
+        x, k, (stride, stride), ((1, 1), (1, 1)),
+        dimension_numbers=("NHWC", "HWIO", "NHWC"), feature_group_count=groups)
+
+  x, k = jnp.ones((2, 16, 16, 8)), jnp.ones((3, 3, 8 // groups, 6))
+  out = 16 // stride
+  fwd = 2 * 2 * out * out * 6 * 9 * (8 // groups)
+  compiled = jax.jit(conv).lower(x, k).compile()
+  assert hlo_flops.matmul_flops(compiled.as_text())["flops"] == fwd
+  grad = jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k) ** 2), (0, 1)))
+  counted = hlo_flops.matmul_flops(grad.lower(x, k).compile().as_text())["flops"]
+  assert counted == pytest.approx(3 * fwd)
