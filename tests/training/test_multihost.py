@@ -1,7 +1,7 @@
 """Multi-host data parallelism exercised for real: two processes on localhost
 form one jax.distributed cluster (gloo CPU collectives, 2 devices each), each
-reads its own Grain shard; the losses equal one process running the same
-global batch on 4 devices."""
+reads its own Grain shard, and the whole trainer runs; its losses equal one
+process running the same global batches on 4 devices."""
 
 from __future__ import annotations
 
@@ -15,7 +15,8 @@ import sys
 import jax
 import numpy as np
 
-from train_helpers import fixed_batch, run_steps, tiny_config
+from train_helpers import run_steps, tiny_config
+from dagan_jax.input import pipeline
 from dagan_jax.training.monitor import read_metrics
 
 WORKER = pathlib.Path(__file__).with_name("multihost_worker.py")
@@ -54,23 +55,34 @@ def test_two_processes_match_one(tmp_path, vox_root):
   result = json.loads(out.read_text())
   assert result["devices"] == 4 and result["trainer_step"] == 2
 
-  # The same global batch in one process: host 0's rows, then host 1's.
+  # The same two global batches in one process on 4 devices (host 0's rows,
+  # then host 1's, as make_array_from_process_local_data places them), with
+  # the trainer's initial state and step keys.
   cfg = tiny_config(vox_root)
-  shards = [fixed_batch(cfg, batch_size=2, process_index=i, process_count=2)
-            for i in range(2)]
-  batch = {k: np.concatenate([s[k] for s in shards]) for k in shards[0]}
-  metrics, _ = run_steps(cfg, jax.devices()[:4], batch)
-  got = result["metrics"]
+  streams = [iter(pipeline.make_pair_dataset(
+      cfg.dataset_params, split="train", seed=int(cfg.seed), batch_size=2,
+      num_repeats=int(cfg.train_params.num_repeats), process_index=i,
+      process_count=2)) for i in range(2)]
+  batches = []
+  for _ in range(2):
+    parts = [next(s) for s in streams]
+    batches.append({k: np.concatenate([p[k] for p in parts])
+                    for k in ("source", "driving")})
+  base = jax.random.key(int(cfg.seed) + 1)
+  keys = [jax.random.fold_in(base, i) for i in range(2)]
+  metrics, _ = run_steps(cfg, jax.devices()[:4], batches, keys=keys)
+  logged = {r["step"]: r for r in read_metrics(workdir)}
+  assert sorted(logged) == [1, 2]
   for k in metrics[0]:
+    if k == "finite":
+      continue
     rtol = 1e-2 if k.startswith("grad_norm") else 2e-4
-    np.testing.assert_allclose(got[0][k], metrics[0][k], rtol=rtol, atol=1e-5,
+    np.testing.assert_allclose(logged[1][k], metrics[0][k], rtol=rtol, atol=1e-5,
                                err_msg=k)
   for k in metrics[1]:
-    if not k.startswith("grad_norm"):
-      np.testing.assert_allclose(got[1][k], metrics[1][k], rtol=5e-3, atol=1e-5,
-                                 err_msg=k)
-  # The full trainer ran on both hosts: one metrics file (process 0) and a
-  # checkpoint written jointly.
-  assert [r["step"] for r in read_metrics(workdir)] == [1, 2]
+    if k != "finite" and not k.startswith("grad_norm"):
+      np.testing.assert_allclose(logged[2][k], metrics[1][k], rtol=5e-3,
+                                 atol=1e-5, err_msg=k)
+  # The checkpoint and the model were written jointly by both hosts.
   assert (workdir / "checkpoints" / "2").is_dir()
   assert (workdir / "model" / "variables").is_dir()

@@ -65,11 +65,20 @@ def test_step_on_4_devices_equals_1_device(vox_root):
 
 
 def test_interrupted_run_resumes_exactly(tmp_path, vox_root):
-  cfg = tiny_config(vox_root)
+  """Stop after step 2, resume: steps 3-4 equal those of the uninterrupted run."""
+  import shutil
+  cfg = tiny_config(vox_root)  # checkpoints at steps 2 and 4
   th.train_and_evaluate(cfg, tmp_path / "a", max_steps=4, progress=False)
-  th.train_and_evaluate(cfg, tmp_path / "b", max_steps=2, progress=False)
+  # The interrupted run: run "a" as it was right after saving step 2.
+  shutil.copytree(tmp_path / "a", tmp_path / "b")
+  shutil.rmtree(tmp_path / "b" / "checkpoints" / "4")
+  shutil.rmtree(tmp_path / "b" / "model")
+  rows = [r for r in read_metrics(tmp_path / "b") if r["step"] <= 2]
+  (tmp_path / "b" / "metrics.jsonl").write_text(
+      "".join(json.dumps(r) + "\n" for r in rows))
   summary = th.train_and_evaluate(cfg, tmp_path / "b", max_steps=4, progress=False)
   assert summary["step"] == 4
+  assert any("resumed from" in n for n in summary["notes"])
   run_a = {r["step"]: r for r in read_metrics(tmp_path / "a")}
   run_b = {r["step"]: r for r in read_metrics(tmp_path / "b")}
   assert set(run_a) == set(run_b) == {1, 2, 3, 4}

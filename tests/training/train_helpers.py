@@ -55,7 +55,12 @@ def fixed_batch(cfg, batch_size=4, process_index=None, process_count=None):
   return batch
 
 
-def run_steps(cfg, devices, batch, num_steps=2):
+def run_steps(cfg, devices, batch, num_steps=2, keys=None):
+  """Runs the real train step on ``devices`` from the trainer's initial state.
+
+  ``batch`` is one batch used every step, or a list with one per step;
+  ``keys`` the step keys (default ``key(10 + i)``).
+  """
   mesh = parallel.make_mesh(devices)
   task = th.make_task(cfg, global_batch_size=4, steps_per_epoch=10,
                       vgg=VGGFeatures(arch="vgg16"))
@@ -65,10 +70,11 @@ def run_steps(cfg, devices, batch, num_steps=2):
   state = parallel.replicate(th.create_train_state(task, variables), mesh)
   frozen = parallel.replicate(frozen, mesh)
   step = th.make_train_step(task, mesh)
+  batches = batch if isinstance(batch, list) else [batch] * num_steps
+  keys = keys or [jax.random.key(10 + i) for i in range(len(batches))]
   metrics, states = [], []
-  for i in range(num_steps):
-    state, m = step(state, parallel.global_batch(batch, mesh), frozen,
-                    jax.random.key(10 + i))
+  for b, k in zip(batches, keys):
+    state, m = step(state, parallel.global_batch(b, mesh), frozen, k)
     metrics.append(parallel.to_host(m))
     states.append(parallel.to_host(state))
   return metrics, states
