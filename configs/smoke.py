@@ -16,10 +16,12 @@ Command (from the repository root, with ../shared beside it):
 
   dagan-jax train --config configs/smoke.py --workdir /tmp/smoke --max-steps 300
 
-Expect: a few steps per second on 2 CPU cores after a compile of about a
-minute; the generator total falls within the first hundred steps and the
-held-out reconstruction L1 (logged under eval/) falls below the untrained
-model's.
+Expect (measured on the 2-core CPU machine while other jobs ran, load 4-7):
+about 0.25 steps/s including a compile of about a minute; the held-out
+reconstruction L1 (eval/, 2 test clips at 64x64) fell from 0.190 untrained to
+0.110 at step 100 and 0.095 at step 600, while copying the source frame
+scores 0.078 on those clips: 600 CPU steps learn the warp roughly, not yet
+better than no motion at all.
 """
 
 import os
