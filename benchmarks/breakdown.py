@@ -33,12 +33,70 @@ _WRAP = re.compile(r"^(?:jvp|transpose|vmap|checkpoint|remat|pjit|jit|shard_map|
 
 
 def op_names(hlo_text: str) -> dict[str, str]:
-  """HLO instruction name -> its ``op_name`` metadata (all computations)."""
-  out = {}
+  """HLO instruction name -> its ``op_name`` metadata (all computations).
+
+  A fusion takes the ``op_name`` of the convolution or dot inside it when
+  there is one (XLA gives a fusion the metadata of one of its instructions,
+  which for a conv fused with the previous block's activation can name that
+  previous block). An instruction without metadata (e.g. inside the body
+  of a ``while`` loop) takes that of the instruction calling its
+  computation.
+  """
+  out: dict[str, str] = {}
+  heavy: dict[str, str] = {}  # computation -> op_name of its conv / dot
+  calls: dict[str, str] = {}  # fusion instruction -> called computation
+  operands: dict[str, list[str]] = {}  # instruction -> its operands
+  comp_of: dict[str, str] = {}  # instruction -> its computation
+  callers: dict[str, str] = {}  # computation -> an instruction calling it
+  comp = None
   for line in hlo_text.splitlines():
+    header = re.match(r"^(?:ENTRY\s+)?%?([\w.\-]+)\s*\(.*->.*\{\s*$", line.strip())
+    if header:
+      comp = header.group(1)
+      continue
+    d = re.match(r"^\s*(?:ROOT\s+)?%?([\w.\-]+)\s*=", line)
+    if not d:
+      continue
+    name = d.group(1)
+    if comp:
+      comp_of[name] = comp
+    args = re.search(r"\b[\w\-]+\((%[^)]*)\)", line)
+    if args:
+      operands[name] = re.findall(r"%([\w.\-]+)", args.group(1))
+    for key in ("calls", "body", "condition", "to_apply"):
+      for sub in re.findall(key + r"=%?([\w.\-]+)", line):
+        callers.setdefault(sub, name)
+        if key == "calls" and "fusion(" in line:
+          calls[name] = sub
     m = _INSTR.match(line)
-    if m:
-      out[m.group(1)] = m.group(2)
+    if not m:
+      continue
+    out[name] = m.group(2)
+    if comp and re.search(r"=\s*\S+\s+(convolution|dot)\(", line):
+      heavy.setdefault(comp, m.group(2))
+  for name, called in calls.items():
+    if called in heavy:
+      out[name] = heavy[called]
+
+  def resolve(name: str, depth: int = 0) -> str:
+    if name in out or depth > 20:
+      return out.get(name, "")
+    caller = callers.get(comp_of.get(name, ""))
+    if caller and caller in out:
+      return out[caller]
+    # No metadata (e.g. a weight-gradient convolution XLA built from
+    # transposes): name it after what feeds it.
+    for arg in operands.get(name, []):
+      found = resolve(arg, depth + 1)
+      if found:
+        return found
+    return resolve(caller, depth + 1) if caller else ""
+
+  for name in list(comp_of):
+    if name not in out:
+      found = resolve(name)
+      if found:
+        out[name] = found
   return out
 
 

@@ -69,6 +69,17 @@ OFFICIAL_REFERENCE = {
     "training:dagan256:2": {"s_per_step": 13.5},
 }
 
+#: Row variants that change only XLA's compile options (``MODEL:B:VARIANT``):
+#: which CPU library runs convolutions and dots. By default (jax 0.10.2)
+#: XLA:CPU hands large convolutions and dots to YNNPACK; ``eigenconv``
+#: keeps dots there and gives convolutions back to XLA's Eigen kernels;
+#: ``noynn`` uses Eigen for both.
+VARIANT_COMPILER_OPTIONS = {
+    "eigenconv": {"xla_cpu_experimental_ynn_fusion_type":
+                  "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
+    "noynn": {"xla_cpu_experimental_ynn_fusion_type": ""},
+}
+
 FULL_ROWS = (
     ["peak"]
     + [f"inference:{m}:{b}" for m in ("dagan256", "daganpp256", "daganpp512")
@@ -159,7 +170,7 @@ def _inference_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, An
   models = build.build_models(cfg)
   abstract = build.abstract_variables(models, build.NETWORKS[:4])
   variables = common.random_variables(abstract, seed=0)
-  fast_eval = variant != "plain"
+  fast_eval = {"plain": False, "bf16": "bf16"}.get(variant, True)
   an = animate.Animator(cfg, variables, batch_size=batch, fast_eval=fast_eval)
   shape = an.frame_shape
   t = time.perf_counter()
@@ -170,7 +181,8 @@ def _inference_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, An
   kp0 = an.keypoints(frames[:1])
   args = (an.variables, state, frames, kp0, np.bool_(True), np.bool_(True))
   t = time.perf_counter()
-  compiled = an.compiled.drive_fn.lower(*args).compile()
+  compiled = an.compiled.drive_fn.lower(*args).compile(
+      compiler_options=VARIANT_COMPILER_OPTIONS.get(variant))
   compile_s = time.perf_counter() - t
   out: dict[str, Any] = {"fast_eval": fast_eval, "frame_shape": list(shape),
                          "compile_s": compile_s,
@@ -243,7 +255,8 @@ def _training_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any
   key = jax.random.key(4)
   step = th.make_train_step(task, mesh)
   t = time.perf_counter()
-  compiled = step.lower(state, data, frozen, key).compile()
+  compiled = step.lower(state, data, frozen, key).compile(
+      compiler_options=VARIANT_COMPILER_OPTIONS.get(variant))
   compile_s = time.perf_counter() - t
   out: dict[str, Any] = {"compile_s": compile_s, "perceptual_backbone":
                          f"{arch} (random weights)",
@@ -360,7 +373,8 @@ def _profile_row(kind: str, model: str, batch: int, opts: dict[str, Any]
     frames = _frames(an.frame_shape, batch, 2)
     kp0 = an.keypoints(frames[:1])
     args = (an.variables, state, frames, kp0, np.bool_(True), np.bool_(True))
-    compiled = an.compiled.drive_fn.lower(*args).compile()
+    compiled = an.compiled.drive_fn.lower(*args).compile(
+        compiler_options=VARIANT_COMPILER_OPTIONS.get(opts.get("variant", "")))
     res = breakdown.time_by_scope(compiled, args, runs=runs,
                                   classify=_classify_inference)
   else:
@@ -391,7 +405,9 @@ def _profile_row(kind: str, model: str, batch: int, opts: dict[str, Any]
     # No donation here: the profiler calls the step several times on the
     # same state.
     compiled = jax.jit(step.__wrapped__ if hasattr(step, "__wrapped__") else step
-                       ).lower(state, data, frozen, jax.random.key(4)).compile()
+                       ).lower(state, data, frozen, jax.random.key(4)).compile(
+                           compiler_options=VARIANT_COMPILER_OPTIONS.get(
+                               opts.get("variant", "")))
     res = breakdown.time_by_scope(compiled, (state, data, frozen, jax.random.key(4)),
                                   runs=runs, classify=_classify_training)
   return {"total_thunk_s": res["total_s"],
