@@ -156,8 +156,7 @@ class CompiledModel:
   """
 
   def __init__(self, config: Any, *, fast_eval: bool, use_depth_network: bool):
-    import jax  # pylint: disable=import-outside-toplevel
-
+    from dagan_jax import xla_options  # pylint: disable=import-outside-toplevel
     from dagan_jax.models.build import build_models  # pylint: disable=import-outside-toplevel
 
     self.models = build_models(config, fast_eval=fast_eval)
@@ -166,9 +165,9 @@ class CompiledModel:
     self.caches_source_features = (hasattr(gen, "encode_source")
                                    and hasattr(gen, "decode"))
     self.traces: dict[str, int] = {"source": 0, "keypoints": 0, "drive": 0}
-    self.source_fn = jax.jit(self._source_impl)
-    self.keypoints_fn = jax.jit(self._keypoints_impl)
-    self.drive_fn = jax.jit(self._drive_impl)
+    self.source_fn = xla_options.jit(self._source_impl)
+    self.keypoints_fn = xla_options.jit(self._keypoints_impl)
+    self.drive_fn = xla_options.jit(self._drive_impl)
 
   def _depth(self, variables, images):
     from dagan_jax.models import build  # pylint: disable=import-outside-toplevel

@@ -39,7 +39,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from dagan_jax import checkpoints, ops
+from dagan_jax import checkpoints, ops, xla_options
 from dagan_jax.errors import ConfigError
 from dagan_jax.losses import depth as depth_losses
 from dagan_jax.models import build as build_lib
@@ -247,7 +247,7 @@ def make_train_step(task: DepthTask, mesh) -> Callable:
       # (with check_vma, gradients of replicated params would be psum-ed
       # implicitly and the pmean would leave them N times too large).
       check_vma=False)
-  return jax.jit(sharded, donate_argnums=(0,))
+  return xla_options.jit(sharded, donate_argnums=(0,))
 
 
 _PICTURE_FNS: dict[int, Callable] = {}

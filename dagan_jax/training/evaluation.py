@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from dagan_jax import visualize
+from dagan_jax import visualize, xla_options
 from dagan_jax.models import build as build_lib
 
 _CACHE: dict[tuple[int, str], Any] = {}
@@ -55,7 +55,7 @@ def _forward(task):
         out["depth_source"] = d_src
       return out
 
-    _CACHE[key] = jax.jit(fwd)
+    _CACHE[key] = xla_options.jit(fwd)
   return _CACHE[key]
 
 

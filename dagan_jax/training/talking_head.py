@@ -47,7 +47,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from dagan_jax import checkpoints, ops
+from dagan_jax import checkpoints, ops, xla_options
 from dagan_jax.errors import ConfigError
 from dagan_jax.losses import generator as gen_losses
 from dagan_jax.losses.weights import apply_loss_weights, total_loss
@@ -398,7 +398,7 @@ def make_train_step(task: Task, mesh) -> Callable:
                          points_tps=int(tp["points_tps"]))
     return sharded(state, batch, frozen, tps)
 
-  return jax.jit(step, donate_argnums=(0,))
+  return xla_options.jit(step, donate_argnums=(0,))
 
 
 # --------------------------------------------------------------------------

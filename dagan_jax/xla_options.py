@@ -1,0 +1,61 @@
+"""XLA compile options for the project's compiled steps.
+
+On XLA:CPU (jax 0.10.2) large convolutions and dots are handed to YNNPACK by
+default. For this model family that is the slower choice, and by a wide
+margin for the weight gradients of convolutions on large maps (a few input
+channels, many pixels), which YNNPACK computes as a convolution with the
+256x256 map as its window. Measured on the 2-core development machine
+(``benchmarks/run.py``; details in BENCHMARKS.md):
+
+* 3x3 conv 64->128 on 2x256x256, weight gradient: 1.16 s with YNNPACK,
+  0.17 s with XLA's Eigen kernels (17 vs 113 GFLOP/s); forward and input
+  gradient are on par;
+* the full DaGAN training step at batch 2: 16.0 s -> 12.6 s;
+* animate's per-frame function at batch 1: 1.59 -> 1.90 frames/s.
+
+So every step this package compiles (training, animate, evaluation) asks for
+Eigen on the CPU backend. Set ``DAGAN_JAX_CPU_LIBRARY=ynnpack`` to keep
+XLA's default. Other backends get no options.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+
+#: Environment variable choosing the CPU library: 'eigen' (default) or
+#: 'ynnpack' (XLA's own default).
+ENV = "DAGAN_JAX_CPU_LIBRARY"
+
+#: XLA:CPU's own default value of the option (dots and convolutions to
+#: YNNPACK).
+YNNPACK_DEFAULT = ("LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
+                   "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
+
+_CPU_OPTIONS = {
+    "eigen": {"xla_cpu_experimental_ynn_fusion_type": ""},
+    "ynnpack": {"xla_cpu_experimental_ynn_fusion_type": YNNPACK_DEFAULT},
+}
+
+
+def compiler_options(backend: str | None = None) -> dict[str, Any] | None:
+  """Options for ``jax.jit(..., compiler_options=...)`` on ``backend``
+  (default: JAX's default backend); None where there are none.
+
+  Raises:
+    ValueError: ``DAGAN_JAX_CPU_LIBRARY`` names an unknown library.
+  """
+  backend = backend or jax.default_backend()
+  if backend != "cpu":
+    return None
+  choice = os.environ.get(ENV, "eigen").strip().lower() or "eigen"
+  if choice not in _CPU_OPTIONS:
+    raise ValueError(f"{ENV}={choice!r}: expected one of {sorted(_CPU_OPTIONS)}")
+  return dict(_CPU_OPTIONS[choice])
+
+
+def jit(fn, **kwargs):
+  """``jax.jit`` with :func:`compiler_options` for the default backend."""
+  return jax.jit(fn, compiler_options=compiler_options(), **kwargs)

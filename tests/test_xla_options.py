@@ -1,0 +1,41 @@
+"""The CPU library choice of the package's compiled steps."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from dagan_jax import xla_options
+
+
+def _conv_grad(x, k):
+  def f(k):
+    y = jax.lax.conv_general_dilated(x, k, (1, 1), "SAME",
+                                     dimension_numbers=("NHWC", "HWIO", "NHWC"))
+    return jnp.sum(y * y)
+  return jax.grad(f)(k)
+
+
+def test_options_by_backend_and_env(monkeypatch):
+  monkeypatch.delenv(xla_options.ENV, raising=False)
+  assert xla_options.compiler_options("gpu") is None
+  assert xla_options.compiler_options("cpu") == {
+      "xla_cpu_experimental_ynn_fusion_type": ""}
+  monkeypatch.setenv(xla_options.ENV, "YNNPACK")
+  assert xla_options.compiler_options("cpu") == {
+      "xla_cpu_experimental_ynn_fusion_type": xla_options.YNNPACK_DEFAULT}
+  monkeypatch.setenv(xla_options.ENV, "mkl")
+  with pytest.raises(ValueError, match="DAGAN_JAX_CPU_LIBRARY='mkl'"):
+    xla_options.compiler_options("cpu")
+
+
+def test_jit_uses_eigen_and_matches_default(monkeypatch):
+  monkeypatch.delenv(xla_options.ENV, raising=False)
+  rng = np.random.default_rng(0)
+  x = jnp.asarray(rng.standard_normal((2, 32, 32, 16), np.float32))
+  k = jnp.asarray(rng.standard_normal((3, 3, 16, 32), np.float32))
+  ours = xla_options.jit(_conv_grad).lower(x, k).compile()
+  default = jax.jit(_conv_grad).lower(x, k).compile()
+  assert "ynn" not in ours.as_text()
+  assert "ynn" in default.as_text()  # what the option changes
+  np.testing.assert_allclose(ours(x, k), default(x, k), rtol=1e-4, atol=1e-3)
