@@ -195,6 +195,9 @@ def _inference_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, An
   if not ok:
     out["skipped"] = why
     return out
+  if opts.get("compile_only"):
+    out["skipped"] = "compiled only (--compile-only): FLOPs and memory, no timing"
+    return out
   budget = float(opts.get("max_row_seconds", 1800))
   first = _timed_once(lambda: jax.block_until_ready(compiled(*args)))
   out["first_call_s"] = first
@@ -268,6 +271,9 @@ def _training_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any
   ok, why = common.fits_in_memory(out.get("peak_bytes"))
   if not ok:
     out["skipped"] = why
+    return out
+  if opts.get("compile_only"):
+    out["skipped"] = "compiled only (--compile-only): FLOPs and memory, no timing"
     return out
   holder = {"state": state, "i": 0, "metrics": None}
 
@@ -697,6 +703,12 @@ def main(argv: list[str] | None = None) -> int:
                       help="seconds per row (default 900 quick, 7200 full)")
   parser.add_argument("--max-row-seconds", type=float, default=None,
                       help="timed-call budget per row (default 300 quick, 1800)")
+  parser.add_argument("--append", action="store_true",
+                      help="keep the rows already in --json (a row measured "
+                           "again replaces its old result)")
+  parser.add_argument("--compile-only", action="store_true",
+                      help="inference/training rows: compile and report FLOPs "
+                           "and memory, skip the timed calls")
   parser.add_argument("--in-process", action="store_true",
                       help="run rows in this process (tests; RSS is shared)")
   parser.add_argument("--tiny", action="store_true",
@@ -717,6 +729,8 @@ def main(argv: list[str] | None = None) -> int:
   opts: dict[str, Any] = {"quick": args.quick, "tiny": args.tiny,
                           "max_row_seconds": args.max_row_seconds or
                           (300 if args.quick else 1800)}
+  if args.compile_only:
+    opts["compile_only"] = True
   if args.quick or args.tiny:
     opts.update({"min_calls": 2, "min_seconds": 2.0})
   timeout = args.timeout or (900 if args.quick else 7200)
@@ -726,6 +740,10 @@ def main(argv: list[str] | None = None) -> int:
           a for a in (argv if argv is not None else sys.argv[1:])),
       "machine": common.machine_info(), "official_reference": OFFICIAL_REFERENCE,
       "results": []}
+  if args.append and args.json and os.path.exists(args.json):
+    with open(args.json) as f:
+      report["results"] = [r for r in json.load(f)["results"]
+                           if r.get("row") not in rows]
   for row in rows:
     print(f"[benchmarks] {row} (load {common.loadavg()[0]:.1f}) ...", flush=True)
     if args.in_process:

@@ -40,6 +40,19 @@ def test_tiny_run_writes_json_and_markdown(tmp_path):
   assert text.count("benchmarks:test:begin") == 1 and "replaced" in text
 
 
+def test_compile_only_and_append(tmp_path):
+  out = tmp_path / "bench.json"
+  assert run.main(["--tiny", "--in-process", "--rows", "nonsense:smoke:1",
+                   "--json", str(out)]) == 0
+  assert run.main(["--tiny", "--in-process", "--compile-only", "--append",
+                   "--rows", "inference:smoke:1", "--json", str(out)]) == 0
+  old, inf = json.loads(out.read_text())["results"]
+  assert old["row"] == "nonsense:smoke:1"
+  assert inf["skipped"].startswith("compiled only")
+  assert inf["flops"] > 0 and inf["peak_bytes"] > 0 and "times_s" not in inf
+  assert "compiled only" in run.markdown_report(json.loads(out.read_text()))
+
+
 def test_unknown_row_is_reported_not_raised(tmp_path):
   out = tmp_path / "bench.json"
   assert run.main(["--tiny", "--in-process", "--rows", "nonsense:smoke:1",
