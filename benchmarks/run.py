@@ -312,6 +312,8 @@ def _input_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any]:
       num_batches=int(opts.get("num_batches", 6 if opts.get("quick") else 12)))
   res["data"] = f"{root.name} (256x256 mp4 clips, FOMM augmentation)"
   del model
+  # ``kind`` there is the record kind; the row's kind stays "input".
+  res["record_kind"] = res.pop("kind", None)
   return res
 
 
@@ -491,7 +493,8 @@ def _attach_derived(results: list[dict[str, Any]]) -> None:
   peak = next((r for r in results if r.get("kind") == "peak" and
                "peak_f32_gflops_per_s" in r), None)
   steps = {(r.get("model"), r.get("batch")): r.get("s_per_step")
-           for r in results if r.get("kind") == "training" and r.get("s_per_step")}
+           for r in results if r.get("kind") == "training" and r.get("s_per_step")
+           and not r.get("variant")}
   for r in results:
     secs = r.get("median_s")
     if r.get("flops") and secs:
