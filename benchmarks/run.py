@@ -190,27 +190,9 @@ def _inference_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, An
   out: dict[str, Any] = {"fast_eval": fast_eval, "frame_shape": list(shape),
                          "compile_s": compile_s,
                          "prepare_source_s_incl_compile": source_s}
-  out.update(_cost(compiled))
-  ok, why = common.fits_in_memory(out.get("peak_bytes"))
-  if not ok:
-    out["skipped"] = why
+  if not _cost_and_time(compiled, lambda: jax.block_until_ready(compiled(*args)),
+                        opts, out, "call"):
     return out
-  if opts.get("compile_only"):
-    out["skipped"] = "compiled only (--compile-only): FLOPs and memory, no timing"
-    return out
-  budget = float(opts.get("max_row_seconds", 1800))
-  first = _timed_once(lambda: jax.block_until_ready(compiled(*args)))
-  out["first_call_s"] = first
-  if first * 3 > budget:
-    out["times_s"] = [first]
-    out["median_s"] = out["min_s"] = first
-    out["note"] = (f"one call takes {first:.0f} s: the first call after compile "
-                   "is the only one timed (row budget)")
-  else:
-    out.update(common.time_calls(lambda: jax.block_until_ready(compiled(*args)),
-                                 min_calls=int(opts.get("min_calls", 3)),
-                                 min_seconds=float(opts.get("min_seconds", 5)),
-                                 max_seconds=budget / 2))
   out["s_per_frame"] = out["median_s"] / batch
   out["frames_per_s"] = batch / out["median_s"]
   out["frames_per_s_best"] = batch / out["min_s"]
@@ -223,6 +205,35 @@ def _timed_once(fn) -> float:
   t = time.perf_counter()
   fn()
   return time.perf_counter() - t
+
+
+def _cost_and_time(compiled, call, opts: dict[str, Any], out: dict[str, Any],
+                   unit: str) -> bool:
+  """Adds ``compiled``'s FLOPs and memory to ``out``, then -- unless the
+  program does not fit in memory or the run is ``--compile-only`` (both
+  recorded as ``skipped``) -- times ``call``: the first call after compile,
+  then steady-state calls within the row budget (only the first when one
+  ``unit`` takes over a third of it). Returns whether it timed."""
+  out.update(_cost(compiled))
+  ok, why = common.fits_in_memory(out.get("peak_bytes"))
+  if not ok:
+    out["skipped"] = why
+    return False
+  if opts.get("compile_only"):
+    out["skipped"] = "compiled only (--compile-only): FLOPs and memory, no timing"
+    return False
+  budget = float(opts.get("max_row_seconds", 1800))
+  first = _timed_once(call)
+  out["first_call_s"] = first
+  if first * 3 > budget:
+    out.update({"times_s": [first], "median_s": first, "min_s": first,
+                "note": f"one {unit} takes {first:.0f} s: only the first "
+                        f"{unit} after compile is timed (row budget)"})
+  else:
+    out.update(common.time_calls(call, min_calls=int(opts.get("min_calls", 3)),
+                                 min_seconds=float(opts.get("min_seconds", 5)),
+                                 max_seconds=budget / 2))
+  return True
 
 
 def _training_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any]:
@@ -267,14 +278,6 @@ def _training_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any
   out: dict[str, Any] = {"compile_s": compile_s, "perceptual_backbone":
                          f"{arch} (random weights)",
                          "compute_dtype": str(cfg.train_params.compute_dtype)}
-  out.update(_cost(compiled))
-  ok, why = common.fits_in_memory(out.get("peak_bytes"))
-  if not ok:
-    out["skipped"] = why
-    return out
-  if opts.get("compile_only"):
-    out["skipped"] = "compiled only (--compile-only): FLOPs and memory, no timing"
-    return out
   holder = {"state": state, "i": 0, "metrics": None}
 
   def one_step():
@@ -283,17 +286,8 @@ def _training_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any
     holder["i"] += 1
     jax.block_until_ready(holder["metrics"])
 
-  budget = float(opts.get("max_row_seconds", 1800))
-  first = _timed_once(one_step)
-  out["first_call_s"] = first
-  if first * 3 > budget:
-    out.update({"times_s": [first], "median_s": first, "min_s": first,
-                "note": f"one step takes {first:.0f} s: only the first step "
-                        "after compile is timed (row budget)"})
-  else:
-    out.update(common.time_calls(one_step, min_calls=int(opts.get("min_calls", 3)),
-                                 min_seconds=float(opts.get("min_seconds", 5)),
-                                 max_seconds=budget / 2))
+  if not _cost_and_time(compiled, one_step, opts, out, "step"):
+    return out
   out["s_per_step"] = out["median_s"]
   out["samples_per_s"] = batch / out["median_s"]
   metrics = {k: float(v) for k, v in jax.device_get(holder["metrics"]).items()}
@@ -543,6 +537,23 @@ def _status(r: dict[str, Any]) -> str | None:
   return None
 
 
+def _label(r: dict[str, Any]) -> str:
+  label = MODELS.get(r["model"], {}).get("label", r["model"])
+  return label + (f" [{r['variant']}]" if r.get("variant") else "")
+
+
+def _achieved(r: dict[str, Any]) -> str:
+  frac = r.get("fraction_of_peak")
+  return (_fmt(r.get("achieved_gflops_per_s"), ".0f")
+          + (f" ({100 * frac:.0f}%)" if frac else ""))
+
+
+def _memory_cells(r: dict[str, Any]) -> str:
+  """Compiled peak | process peak RSS."""
+  return (f"{common.human_bytes(r.get('peak_bytes'))} | "
+          f"{common.human_bytes(r.get('peak_rss_bytes'))}")
+
+
 def markdown_report(report: dict[str, Any]) -> str:
   """The result tables as markdown (machine, versions, date, rows)."""
   m = report["machine"]
@@ -574,28 +585,22 @@ def markdown_report(report: dict[str, Any]) -> str:
               "peak RSS | load |",
               "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in inf:
-      label = MODELS.get(r["model"], {}).get("label", r["model"])
-      if r.get("variant"):
-        label += f" [{r['variant']}]"
+      label = _label(r)
       st = _status(r)
       if st:
         lines.append(f"| {label} | {r['batch']} | {st} | | | "
                      f"{_fmt(r.get('compile_s'), '.0f')} | "
                      f"{_fmt(r.get('gflop_per_frame'), '.1f')} | | "
-                     f"{common.human_bytes(r.get('peak_bytes'))} | "
-                     f"{common.human_bytes(r.get('peak_rss_bytes'))} | {_load(r)} |")
+                     f"{_memory_cells(r)} | {_load(r)} |")
         continue
-      frac = r.get("fraction_of_peak")
       sp = r.get("speedup_vs_official")
       lines.append(
           f"| {label} | {r['batch']} | {r['frames_per_s']:.3g} | "
           f"{r['s_per_frame']:.3g} / {r['min_s'] / r['batch']:.3g} | "
           f"{(f'{sp:.2f}x' if sp else '-')} | {r['compile_s']:.0f} | "
           f"{_fmt(r.get('gflop_per_frame'), '.1f')} | "
-          f"{_fmt(r.get('achieved_gflops_per_s'), '.0f')}"
-          f"{f' ({100 * frac:.0f}%)' if frac else ''} | "
-          f"{common.human_bytes(r.get('peak_bytes'))} | "
-          f"{common.human_bytes(r.get('peak_rss_bytes'))} | {_load(r)} |")
+          f"{_achieved(r)} | "
+          f"{_memory_cells(r)} | {_load(r)} |")
     lines.append("")
   tr = [r for r in res if r.get("kind") == "training"]
   if tr:
@@ -607,28 +612,22 @@ def markdown_report(report: dict[str, Any]) -> str:
               "peak RSS | perceptual net | load |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in tr:
-      label = MODELS.get(r["model"], {}).get("label", r["model"])
-      if r.get("variant"):
-        label += f" [{r['variant']}]"
+      label = _label(r)
       st = _status(r)
       if st:
         lines.append(f"| {label} | {r['batch']} | {st} | | | "
                      f"{_fmt(r.get('compile_s'), '.0f')} | "
                      f"{_fmt(r.get('gflop_per_step'), '.0f')} | | "
-                     f"{common.human_bytes(r.get('peak_bytes'))} | "
-                     f"{common.human_bytes(r.get('peak_rss_bytes'))} | "
+                     f"{_memory_cells(r)} | "
                      f"{r.get('perceptual_backbone', '-')} | {_load(r)} |")
         continue
-      frac = r.get("fraction_of_peak")
       sp = r.get("speedup_vs_official")
       lines.append(
           f"| {label} | {r['batch']} | {r['s_per_step']:.3g} / {r['min_s']:.3g} | "
           f"{r['samples_per_s']:.3g} | {(f'{sp:.2f}x' if sp else '-')} | "
           f"{r['compile_s']:.0f} | {_fmt(r.get('gflop_per_step'), '.0f')} | "
-          f"{_fmt(r.get('achieved_gflops_per_s'), '.0f')}"
-          f"{f' ({100 * frac:.0f}%)' if frac else ''} | "
-          f"{common.human_bytes(r.get('peak_bytes'))} | "
-          f"{common.human_bytes(r.get('peak_rss_bytes'))} | "
+          f"{_achieved(r)} | "
+          f"{_memory_cells(r)} | "
           f"{r.get('perceptual_backbone', '-')} | {_load(r)} |")
     lines.append("")
   ip = [r for r in res if r.get("kind") == "input"]
