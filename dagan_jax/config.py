@@ -221,6 +221,26 @@ def depth_config() -> dict[str, Any]:
   return d
 
 
+def toy_model(d: dict[str, Any], *, frame: int = 32) -> dict[str, Any]:
+  """Shrinks the networks of config dict ``d`` (in place, returned) to toy
+  widths -- 4 keypoints, 4 to 16 channels, ``frame`` x ``frame`` frames --
+  for tests and quick end-to-end checks; the training parameters stay."""
+  d["dataset_params"].update({"frame_shape": [frame, frame, 3],
+                              "resize_frames": True})
+  mp = d["model_params"]
+  mp["common_params"]["num_kp"] = 4
+  mp["kp_detector_params"].update({"block_expansion": 4, "max_features": 16,
+                                   "num_blocks": 3, "scale_factor": 0.5})
+  mp["generator_params"].update({
+      "block_expansion": 4, "max_features": 16, "num_down_blocks": 2,
+      "num_bottleneck_blocks": 1,
+      "dense_motion_params": {"block_expansion": 4, "max_features": 16,
+                              "num_blocks": 3, "scale_factor": 0.5}})
+  mp["discriminator_params"].update({"block_expansion": 4, "max_features": 16,
+                                     "num_blocks": 3})
+  return d
+
+
 def _merge(base: dict, extra: dict) -> dict:
   """Recursively adds keys of ``extra`` missing from ``base`` (base wins)."""
   out = copy.deepcopy(base)

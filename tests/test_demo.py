@@ -12,20 +12,8 @@ from dagan_jax.input import media
 
 def _toy_config_file(path):
   """The talking-head config at toy widths and 32x32 frames, as YAML."""
-  d = config_lib.talking_head_config()
+  d = config_lib.toy_model(config_lib.talking_head_config(), frame=32)
   d["name"] = "toy_demo"
-  d["dataset_params"].update({"frame_shape": [32, 32, 3], "resize_frames": True})
-  mp = d["model_params"]
-  mp["common_params"]["num_kp"] = 4
-  mp["kp_detector_params"].update({"block_expansion": 4, "max_features": 16,
-                                   "num_blocks": 3, "scale_factor": 0.5})
-  mp["generator_params"].update({
-      "block_expansion": 4, "max_features": 16, "num_down_blocks": 2,
-      "num_bottleneck_blocks": 1,
-      "dense_motion_params": {"block_expansion": 4, "max_features": 16,
-                              "num_blocks": 3, "scale_factor": 0.5}})
-  mp["discriminator_params"].update({"block_expansion": 4, "max_features": 16,
-                                     "num_blocks": 3})
   # No perceptual loss: the VGG's compilation would double this test's time
   # (the trainer's own tests cover it); GAN, feature matching and
   # equivariance still train the toy model.

@@ -14,21 +14,9 @@ FRAME = 32
 
 def tiny_dict(root: str = "") -> dict:
   """The talking-head config at toy widths (shapes as tests/training's)."""
-  d = config_lib.talking_head_config()
+  d = config_lib.toy_model(config_lib.talking_head_config(), frame=FRAME)
   d["name"] = "tiny"
-  d["dataset_params"].update({"root_dir": root, "frame_shape": [FRAME, FRAME, 3],
-                              "resize_frames": True})
-  mp = d["model_params"]
-  mp["common_params"]["num_kp"] = 4
-  mp["kp_detector_params"].update({"block_expansion": 4, "max_features": 16,
-                                   "num_blocks": 3, "scale_factor": 0.5})
-  mp["generator_params"].update({
-      "block_expansion": 4, "max_features": 16, "num_down_blocks": 2,
-      "num_bottleneck_blocks": 1,
-      "dense_motion_params": {"block_expansion": 4, "max_features": 16,
-                              "num_blocks": 3, "scale_factor": 0.5}})
-  mp["discriminator_params"].update({"block_expansion": 4, "max_features": 16,
-                                     "num_blocks": 3})
+  d["dataset_params"]["root_dir"] = root
   tp = d["train_params"]
   tp.update({"batch_size": 2, "num_epochs": 1, "num_repeats": 2,
              "perceptual_backbone": "vgg16", "scales": [1, 0.5],

@@ -13,21 +13,10 @@ from dagan_jax.training import talking_head as th
 
 
 def tiny_dict(root: str, *, trainer: str = "talking_head") -> dict:
-  d = config_lib.depth_config() if trainer == "depth" else config_lib.talking_head_config()
+  d = config_lib.toy_model(config_lib.depth_config() if trainer == "depth"
+                           else config_lib.talking_head_config(), frame=32)
   d["name"] = "tiny"
-  d["dataset_params"].update({"root_dir": root, "frame_shape": [32, 32, 3],
-                              "resize_frames": True})
-  mp = d["model_params"]
-  mp["common_params"]["num_kp"] = 4
-  mp["kp_detector_params"].update({"block_expansion": 4, "max_features": 16,
-                                   "num_blocks": 3, "scale_factor": 0.5})
-  mp["generator_params"].update({
-      "block_expansion": 4, "max_features": 16, "num_down_blocks": 2,
-      "num_bottleneck_blocks": 1,
-      "dense_motion_params": {"block_expansion": 4, "max_features": 16,
-                              "num_blocks": 3, "scale_factor": 0.5}})
-  mp["discriminator_params"].update({"block_expansion": 4, "max_features": 16,
-                                     "num_blocks": 3})
+  d["dataset_params"]["root_dir"] = root
   tp = d["train_params"]
   if trainer == "depth":
     tp.update({"batch_size": 4, "num_epochs": 1, "num_repeats": 4,
