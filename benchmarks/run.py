@@ -46,6 +46,7 @@ if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
+from dagan_jax import xla_options  # noqa: E402
 
 #: Models the rows refer to: config spec and a label for the tables.
 MODELS = {
@@ -76,9 +77,7 @@ OFFICIAL_REFERENCE = {
 #: the rows without a variant). ``ynn`` measures XLA's default, ``eigenconv``
 #: keeps dots on YNNPACK and gives convolutions to Eigen.
 VARIANT_COMPILER_OPTIONS = {
-    "ynn": {"xla_cpu_experimental_ynn_fusion_type":
-            "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
-            "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION"},
+    "ynn": {"xla_cpu_experimental_ynn_fusion_type": xla_options.YNNPACK_DEFAULT},
     "eigenconv": {"xla_cpu_experimental_ynn_fusion_type":
                   "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
 }
@@ -409,7 +408,6 @@ def _profile_row(kind: str, model: str, batch: int, opts: dict[str, Any]
     step = th.make_train_step(task, mesh)
     # No donation here: the profiler calls the step several times on the
     # same state.
-    from dagan_jax import xla_options  # pylint: disable=import-outside-toplevel
     compiled = xla_options.jit(step.__wrapped__ if hasattr(step, "__wrapped__") else step
                                ).lower(state, data, frozen, jax.random.key(4)).compile(
                            compiler_options=VARIANT_COMPILER_OPTIONS.get(
