@@ -29,7 +29,6 @@ import dataclasses
 import functools
 import logging
 import pathlib
-import time
 from typing import Any, Callable, Mapping
 
 import flax
@@ -45,8 +44,8 @@ from dagan_jax.losses import depth as depth_losses
 from dagan_jax.models import build as build_lib
 from dagan_jax.models import layers
 from dagan_jax.training import optim, parallel
-from dagan_jax.training.checkpointing import Checkpointer, PreemptionGuard, abstract_like
-from dagan_jax.training.loop import LaggedMetrics
+from dagan_jax.training.checkpointing import Checkpointer, abstract_like
+from dagan_jax.training.loop import LaggedMetrics, Progress, run_steps
 from dagan_jax.training.monitor import Monitor
 
 log = logging.getLogger(__name__)
@@ -343,45 +342,26 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
   log_every = max(int(tp.get("log_every", 20)), 1)
   ckpt_every = max(int(tp.get("checkpoint_every", 1000)), 1)
   image_every = int(tp.get("image_every", 0) or 0)
-  skipped = int(meta.get("skipped", 0))
-  vis = None
-
-  def save(step_done, force=False):
-    ckpt.save(step_done, state, data_iter, {"trainer": "depth", "skipped": skipped},
-              force=force)
+  at = Progress(step=start, skipped=int(meta.get("skipped", 0)))
+  vis = {}
 
   lagged = LaggedMetrics(monitor, ckpt, total_steps=total_steps,
                          log_every=log_every, progress_keys={"loss": "total"},
-                         extra=lambda done: {"skipped_clips": skipped})
+                         extra=lambda done: {"skipped_clips": at.skipped})
 
-  t0 = time.perf_counter()
-  step = start
-  try:
-    with PreemptionGuard() as guard:
-      while step < total_steps:
-        local = next(data_iter)
-        skipped += int(np.sum(local.pop("skipped", 0)))
-        if vis is None:
-          vis = {k: np.asarray(v)[:min(2, host_bs)] for k, v in local.items()}
-        state, metrics = step_fn(state, parallel.global_batch(local, mesh),
-                                 jax.random.fold_in(base_key, step))
-        step += 1
-        lagged.push(step, metrics)
-        if step % ckpt_every == 0 or guard.requested or step == total_steps:
-          lagged.flush()  # only verified states are saved
-          save(step, force=True)
-        if image_every and (step % image_every == 0 or step == 1):
-          monitor.image(step, "depth/samples", depth_pictures(task, state, vis))
-        if guard.requested:
-          monitor.write(f"stopping at step {step} on signal {guard.requested}; "
-                        "rerun the same command to resume")
-          break
-      ckpt.wait()
-  except BaseException:
-    monitor.close()
-    ckpt.close()
-    raise
-  elapsed = time.perf_counter() - t0
+  def after_step(step, state):
+    if image_every and (step % image_every == 0 or step == 1):
+      monitor.image(step, "depth/samples", depth_pictures(task, state, vis))
+
+  state = run_steps(
+      state, at, step_fn=step_fn, data_iter=data_iter, mesh=mesh,
+      base_key=base_key, total_steps=total_steps, ckpt=ckpt,
+      ckpt_every=ckpt_every, lagged=lagged, monitor=monitor,
+      checkpoint_meta=lambda skipped: {"trainer": "depth", "skipped": skipped},
+      first_batch=lambda local: vis.update(
+          {k: np.asarray(v)[:min(2, host_bs)] for k, v in local.items()}),
+      after_step=after_step)
+  step, skipped, elapsed = at.step, at.skipped, at.seconds
   model_dir = export_model(config, task, state, workdir)
   monitor.write(f"done: step {step}; depth model written to {model_dir}")
   monitor.close()

@@ -1,4 +1,9 @@
-"""The bookkeeping both trainers share: verified, lagged metrics.
+"""What both trainers share: the step loop and verified, lagged metrics.
+
+:func:`run_steps` feeds batches to a compiled step until the last step,
+checkpoints on its cadence, at the end and when a stop signal arrives
+(SIGTERM / SIGINT: save, then return so the run can be resumed), and closes
+the monitor and checkpointer if anything raises.
 
 A step's metrics are fetched one step late, so the host never makes the
 device wait (the next step is already dispatched); before a checkpoint they
@@ -11,12 +16,17 @@ offending terms, after any checkpoint being written has finished.
 
 from __future__ import annotations
 
+import dataclasses
 import math
-from typing import Any, Callable, Mapping
+import time
+from typing import Any, Callable, Iterator, Mapping
+
+import jax
+import numpy as np
 
 from dagan_jax.errors import NonFiniteLossError
 from dagan_jax.training import parallel
-from dagan_jax.training.checkpointing import Checkpointer
+from dagan_jax.training.checkpointing import Checkpointer, PreemptionGuard
 from dagan_jax.training.monitor import Monitor
 
 
@@ -67,3 +77,66 @@ class LaggedMetrics:
     if self._pending is not None:
       pending, self._pending = self._pending, None
       self._process(*pending)
+
+
+@dataclasses.dataclass
+class Progress:
+  """Where a :func:`run_steps` loop stands (read by logging callbacks)."""
+  step: int
+  skipped: int
+  signal: str | None = None
+  seconds: float = 0.0
+
+
+def run_steps(state: Any, progress: Progress, *,
+              step_fn: Callable[[Any, Any, jax.Array], tuple[Any, Any]],
+              data_iter: Iterator[dict[str, Any]], mesh, base_key: jax.Array,
+              total_steps: int, ckpt: Checkpointer, ckpt_every: int,
+              checkpoint_meta: Callable[[int], Mapping[str, Any]],
+              lagged: LaggedMetrics, monitor: Monitor,
+              first_batch: Callable[[dict[str, Any]], None] | None = None,
+              after_step: Callable[[int, Any], None] | None = None) -> Any:
+  """Runs ``state, metrics = step_fn(state, batch, key)`` from
+  ``progress.step`` to ``total_steps`` and returns the final state.
+
+  Each host batch's ``skipped`` count (clips the pipeline dropped as bad) is
+  added to ``progress.skipped``; the step's key is ``fold_in(base_key,
+  step)``. A checkpoint (``checkpoint_meta(skipped)`` as its metadata) is
+  written, after the pending metrics are verified, every ``ckpt_every``
+  steps, at the last step and when a stop signal arrives; after a signal
+  the loop returns with ``progress.signal`` set. ``first_batch`` sees the
+  first host batch, ``after_step(step, state)`` runs after each step's
+  checkpoint. ``progress.seconds`` is the loop's wall time.
+  """
+  t0 = time.perf_counter()
+  try:
+    with PreemptionGuard() as guard:
+      while progress.step < total_steps:
+        local = next(data_iter)
+        progress.skipped += int(np.sum(local.pop("skipped", 0)))
+        if first_batch is not None:
+          first_batch(local)
+          first_batch = None
+        state, metrics = step_fn(state, parallel.global_batch(local, mesh),
+                                 jax.random.fold_in(base_key, progress.step))
+        progress.step += 1
+        step = progress.step
+        lagged.push(step, metrics)
+        if step % ckpt_every == 0 or guard.requested or step == total_steps:
+          lagged.flush()  # only verified states are saved
+          ckpt.save(step, state, data_iter, checkpoint_meta(progress.skipped),
+                    force=True)
+        if after_step is not None:
+          after_step(step, state)
+        if guard.requested:
+          progress.signal = guard.requested
+          monitor.write(f"stopping at step {step} on signal {guard.requested}; "
+                        "rerun the same command to resume from this checkpoint")
+          break
+      ckpt.wait()
+  except BaseException:
+    monitor.close()
+    ckpt.close()
+    raise
+  progress.seconds = time.perf_counter() - t0
+  return state

@@ -37,7 +37,6 @@ import dataclasses
 import functools
 import logging
 import pathlib
-import time
 from typing import Any, Callable, Mapping
 
 import flax
@@ -53,8 +52,8 @@ from dagan_jax.losses import generator as gen_losses
 from dagan_jax.losses.weights import apply_loss_weights, total_loss
 from dagan_jax.models import build as build_lib
 from dagan_jax.training import optim, parallel
-from dagan_jax.training.checkpointing import Checkpointer, PreemptionGuard, abstract_like
-from dagan_jax.training.loop import LaggedMetrics
+from dagan_jax.training.checkpointing import Checkpointer, abstract_like
+from dagan_jax.training.loop import LaggedMetrics, Progress, run_steps
 from dagan_jax.training.monitor import Monitor
 
 log = logging.getLogger(__name__)
@@ -525,21 +524,16 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
   ckpt_every = max(int(tp.get("checkpoint_every", 1000)), 1)
   image_every = int(tp.get("image_every", 0) or 0)
   eval_every = int(tp.get("eval_every", 0) or 0)
-  skipped = int(meta.get("skipped", 0))
-  vis_batch = None
+  at = Progress(step=start, skipped=int(meta.get("skipped", 0)))
+  vis_batch = {}
   summary: dict[str, Any] = {"notes": notes}
   if start >= total_steps:
     notes.append(f"already at step {start} of {total_steps}: nothing to do")
 
-  def save(step_done: int, force: bool = False) -> None:
-    ckpt.save(step_done, state, data_iter,
-              {"trainer": "talking_head", "skipped": skipped,
-               "config": _config_yaml(config)}, force=force)
-
   lagged = LaggedMetrics(
       monitor, ckpt, total_steps=total_steps, log_every=log_every,
       progress_keys={"G": "generator_total", "D": "discriminator_total"},
-      extra=lambda done: {"skipped_clips": skipped,
+      extra=lambda done: {"skipped_clips": at.skipped,
                           "steps_per_second": monitor.steps_per_second(done)})
 
   if eval_every and start == 0:
@@ -548,42 +542,30 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
     monitor.write(f"step 0 (untrained): eval {results}")
     summary["eval_initial"] = results
 
-  t_start = time.perf_counter()
-  step = start
-  try:
-    with PreemptionGuard() as guard:
-      while step < total_steps:
-        local = next(data_iter)
-        skipped += int(np.sum(local.pop("skipped", 0)))
-        if vis_batch is None:
-          vis_batch = {k: np.asarray(v)[:min(4, host_bs)] for k, v in local.items()}
-        batch = parallel.global_batch(local, mesh)
-        state, metrics = train_step(state, batch, frozen,
-                                    jax.random.fold_in(base_key, step))
-        step += 1
-        lagged.push(step, metrics)
-        if step % ckpt_every == 0 or guard.requested or step == total_steps:
-          lagged.flush()  # only verified states are saved
-          save(step, force=True)
-        if image_every and (step % image_every == 0 or step == 1):
-          monitor.image(step, "train/samples",
-                        train_eval.sample_grid(task, state, frozen, vis_batch))
-        if eval_every and step % eval_every == 0:
-          results = train_eval.reconstruction_l1(config, task, state, frozen)
-          monitor.scalars(step, results, prefix="eval")
-          monitor.write(f"step {step}: eval {results}")
-          summary["eval"] = results
-        if guard.requested:
-          monitor.write(f"stopping at step {step} on signal {guard.requested}; "
-                        "rerun the same command to resume from this checkpoint")
-          summary["stopped_by_signal"] = guard.requested
-          break
-      ckpt.wait()
-  except BaseException:
-    monitor.close()
-    ckpt.close()
-    raise
-  elapsed = time.perf_counter() - t_start
+  def after_step(step, state):
+    if image_every and (step % image_every == 0 or step == 1):
+      monitor.image(step, "train/samples",
+                    train_eval.sample_grid(task, state, frozen, vis_batch))
+    if eval_every and step % eval_every == 0:
+      results = train_eval.reconstruction_l1(config, task, state, frozen)
+      monitor.scalars(step, results, prefix="eval")
+      monitor.write(f"step {step}: eval {results}")
+      summary["eval"] = results
+
+  state = run_steps(
+      state, at, step_fn=lambda s, b, k: train_step(s, b, frozen, k),
+      data_iter=data_iter, mesh=mesh, base_key=base_key,
+      total_steps=total_steps, ckpt=ckpt, ckpt_every=ckpt_every,
+      lagged=lagged, monitor=monitor,
+      checkpoint_meta=lambda skipped: {"trainer": "talking_head",
+                                       "skipped": skipped,
+                                       "config": _config_yaml(config)},
+      first_batch=lambda local: vis_batch.update(
+          {k: np.asarray(v)[:min(4, host_bs)] for k, v in local.items()}),
+      after_step=after_step)
+  if at.signal:
+    summary["stopped_by_signal"] = at.signal
+  step, skipped, elapsed = at.step, at.skipped, at.seconds
   export_dir = export_model(config, task, state, frozen, workdir)
   summary.update({"step": step, "metrics": lagged.last, "skipped_clips": skipped,
                   "seconds": elapsed, "model_dir": str(export_dir),
