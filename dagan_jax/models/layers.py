@@ -46,6 +46,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from dagan_jax.ops import reductions
+
 Array = jax.Array
 PRNGKey = jax.Array
 Initializer = Callable[..., Array]
@@ -100,9 +102,16 @@ def conv2d(x: Array, kernel: Array, bias: Array | None = None, *,
       padding=((ph, ph), (pw, pw)), rhs_dilation=_pair(dilation),
       dimension_numbers=("NHWC", "HWIO", "NHWC"),
       feature_group_count=groups, precision=precision)
-  if bias is not None:
-    y = y + bias.astype(y.dtype)
-  return y
+  return add_bias(y, bias)
+
+
+def add_bias(y: Array, bias: Array | None) -> Array:
+  """``y + bias`` over the last (channel) axis; the bias gradient is a staged
+  sum (:mod:`dagan_jax.ops.reductions`) instead of one long reduction."""
+  if bias is None:
+    return y
+  return y + reductions.block_broadcast(bias.astype(y.dtype), y.shape, 0,
+                                        y.ndim - 1)
 
 
 def fold_batchnorm(kernel: Array, bias: Array | None, mean: Array, var: Array,
@@ -164,9 +173,7 @@ def upsample2_conv3x3(x: Array, kernel: Array, bias: Array | None = None,
     outs.append(y[:, a:a + h, c:c + w, idx * co:(idx + 1) * co])
   out = jnp.stack(outs, axis=3).reshape(b_, h, w, 2, 2, co)  # (B,H,W,a,b,Co)
   out = out.transpose(0, 1, 3, 2, 4, 5).reshape(b_, 2 * h, 2 * w, co)
-  if bias is not None:
-    out = out + bias.astype(out.dtype)
-  return out
+  return add_bias(out, bias)
 
 
 class Conv2d(nn.Module):
@@ -354,14 +361,17 @@ class BatchNorm(nn.Module):
                            lambda: jnp.ones((c,), jnp.float32))
     if is_training(self, override):
       axis_name = self.axis_name if self.axis_name is not None else _SYNC_AXIS[-1]
-      axes = tuple(range(x.ndim - 1))
+      lead = x.ndim - 1
+      # Staged sums (ops.reductions): XLA:CPU's own long reductions here
+      # cost more than the convolution around them.
+      bc = lambda v: reductions.block_broadcast(v, x.shape, 0, lead)  # noqa: E731
       xf = x.astype(jnp.float32)
       n = math.prod(x.shape[:-1])
-      mean = jnp.mean(xf, axes)
+      mean = reductions.block_mean(xf, 0, lead)
       if axis_name is not None:
         mean = jax.lax.pmean(mean, axis_name)
         n = n * jax.lax.psum(1, axis_name)
-      var = jnp.mean(jnp.square(xf - mean), axes)
+      var = reductions.block_mean(jnp.square(xf - bc(mean)), 0, lead)
       if axis_name is not None:
         var = jax.lax.pmean(var, axis_name)
       if not self.is_initializing():
@@ -371,11 +381,13 @@ class BatchNorm(nn.Module):
         ra_var.value = (1 - m) * ra_var.value + m * jax.lax.stop_gradient(unbiased)
     else:
       mean, var = ra_mean.value, ra_var.value
-    y = (x - mean.astype(x.dtype)) * jax.lax.rsqrt(var + self.epsilon).astype(x.dtype)
+      bc = lambda v: v  # noqa: E731  (no gradient reductions to stage)
+    y = (x - bc(mean.astype(x.dtype))) * bc(
+        jax.lax.rsqrt(var + self.epsilon).astype(x.dtype))
     if self.use_scale:
-      y = y * self.param("scale", nn.initializers.ones, (c,)).astype(x.dtype)
+      y = y * bc(self.param("scale", nn.initializers.ones, (c,)).astype(x.dtype))
     if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (c,)).astype(x.dtype)
+      y = y + bc(self.param("bias", nn.initializers.zeros, (c,)).astype(x.dtype))
     return y
 
 
@@ -389,13 +401,16 @@ class InstanceNorm(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     c = x.shape[-1]
-    mean = jnp.mean(x, axis=(1, 2), keepdims=True)
-    var = jnp.mean(jnp.square(x - mean), axis=(1, 2), keepdims=True)
-    y = (x - mean) * jax.lax.rsqrt(var + self.epsilon)
+    # Staged sums over H, W (see BatchNorm); per sample and channel.
+    per = lambda v: reductions.block_broadcast(v, x.shape, 1, 3)  # noqa: E731
+    mean = reductions.block_mean(x, 1, 3)
+    var = reductions.block_mean(jnp.square(x - per(mean)), 1, 3)
+    y = (x - per(mean)) * per(jax.lax.rsqrt(var + self.epsilon))
+    chan = lambda v: reductions.block_broadcast(v, x.shape, 0, 3)  # noqa: E731
     if self.use_scale:
-      y = y * self.param("scale", nn.initializers.ones, (c,))
+      y = y * chan(self.param("scale", nn.initializers.ones, (c,)))
     if self.use_bias:
-      y = y + self.param("bias", nn.initializers.zeros, (c,))
+      y = y + chan(self.param("bias", nn.initializers.zeros, (c,)))
     return y
 
 
@@ -464,12 +479,24 @@ def conv_bn(module: nn.Module, x: Array, conv: Conv2d, norm: "BatchNorm | None",
     output channel (``B*H*W >= kh*kw*Cin``): scaling the kernel then costs
     less than the separate normalisation pass over the activations.
 
-  Same variables, same result up to float rounding; training (and
-  ``fast_eval=False``) takes the plain path.
+  Same variables, same result up to float rounding; ``fast_eval=False``
+  takes the plain path in eval mode.
+
+  In training mode (any ``fast_eval``) the upsampling + conv takes the phase
+  form under the same conditions (the conv's output, hence the batch
+  statistics, are the same up to rounding; forward and both gradients do
+  2.25x fewer multiply-adds: 2.6x faster on the project's CPU for DaGAN's
+  up-blocks), and nothing else changes.
   """
   fast = fast_eval and _fast(module, norm)
-  phase = fast and upsample and _simple_3x3(conv) and \
+  phase_shape = upsample and _simple_3x3(conv) and \
       x.shape[1] * x.shape[2] >= PHASE_MIN_PIXELS
+  if phase_shape and not module.is_initializing() and is_training(
+      module, norm.use_running_average if norm is not None else None):
+    cp = module.variables["params"][conv.name]
+    y = upsample2_conv3x3(x, cp["kernel"], cp.get("bias"), conv.precision)
+    return y if norm is None else norm(y)
+  phase = fast and phase_shape
   if not phase:
     if upsample:
       x = upsample_nearest2(x)

@@ -113,10 +113,24 @@ class VGGFeatures(nn.Module):
       elif kind == "relu":
         x = nn.relu(x)
       else:  # MaxPool2d(2, 2): floor mode, like 'VALID'
-        x = nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID")
+        x = max_pool2(x)
       if idx + 1 in ends:
         outs.append(x)
     return outs
+
+
+def max_pool2(x: jax.Array) -> jax.Array:
+  """``nn.MaxPool2d(2, 2)`` (floor mode): the maximum of the four strided
+  2x2 phases. Same values as ``flax.linen.max_pool``; its gradient is
+  elementwise (XLA:CPU runs the ``reduce_window`` form's gradient, which
+  gathers argmax indices, several times slower). On exact ties the
+  gradient is shared between the tied inputs instead of given to one; after
+  a ReLU the only likely tie is at zero, where the ReLU's gradient is 0
+  either way."""
+  h2, w2 = x.shape[1] // 2 * 2, x.shape[2] // 2 * 2
+  a, b = x[:, 0:h2:2, 0:w2:2], x[:, 0:h2:2, 1:w2:2]
+  c, d = x[:, 1:h2:2, 0:w2:2], x[:, 1:h2:2, 1:w2:2]
+  return jnp.maximum(jnp.maximum(a, b), jnp.maximum(c, d))
 
 
 def describe_backbone(arch: Arch, source: str) -> str:

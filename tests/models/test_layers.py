@@ -272,3 +272,52 @@ def test_fast_eval_blocks_equal_plain_blocks(block, h):
   np.testing.assert_array_equal(yp, yf)
   np.testing.assert_array_equal(sp["batch_stats"]["norm"]["mean"],
                                 sf["batch_stats"]["norm"]["mean"])
+
+
+def test_upblock_training_phase_form_equals_upsample_then_conv():
+  """In training mode an UpBlock2d on >= PHASE_MIN_PIXELS inputs runs its
+  conv in the phase form: same output, batch statistics and gradients as
+  nearest x2 + 3x3 conv + batch-statistics BatchNorm, up to rounding."""
+  h = 16
+  assert h * h >= layers.PHASE_MIN_PIXELS
+  x = jax.random.normal(jax.random.key(5), (2, h, h, 8))
+  block = layers.UpBlock2d(16)
+  v = block.init(jax.random.key(6), x)
+  v["params"]["norm"]["scale"] = v["params"]["norm"]["scale"] * 1.7
+
+  def ours(params, x):
+    y, st = block.apply({**v, "params": params}, x, mutable=["batch_stats"])
+    return jnp.sum(jnp.sin(y)), st
+
+  def reference(params, x):
+    y = layers.conv2d(layers.upsample_nearest2(x), params["conv"]["kernel"],
+                      params["conv"]["bias"], padding=1)
+    mean = y.mean((0, 1, 2))
+    var = jnp.square(y - mean).mean((0, 1, 2))
+    y = (y - mean) / jnp.sqrt(var + 1e-5) * params["norm"]["scale"] + params["norm"]["bias"]
+    return jnp.sum(jnp.sin(nn.relu(y))), mean
+
+  text = jax.jit(ours).lower(v["params"], x).as_text()
+  assert "stablehlo.convolution" in text
+  (lo, st), go = jax.value_and_grad(ours, argnums=(0, 1), has_aux=True)(v["params"], x)
+  (lr, mean), gr = jax.value_and_grad(reference, argnums=(0, 1), has_aux=True)(v["params"], x)
+  np.testing.assert_allclose(lo, lr, rtol=1e-5)
+  np.testing.assert_allclose(st["batch_stats"]["norm"]["mean"], 0.1 * mean, atol=1e-6)
+  # (The conv bias gradient is 0 in exact arithmetic -- batch statistics
+  # cancel it -- so it is compared on the scale of 1, like the others.)
+  for a, b in zip(jax.tree.leaves(go), jax.tree.leaves(gr)):
+    np.testing.assert_allclose(a, b, rtol=1e-4,
+                               atol=2e-4 * max(float(jnp.abs(b).max()), 1.0))
+  # The phase form really is used: no convolution on the upsampled grid.
+  hlo = jax.jit(ours).lower(v["params"], x).compile().as_text()
+  assert f"f32[2,{2 * h},{2 * h},8]" not in hlo
+
+
+def test_vgg_max_pool2_matches_flax_max_pool():
+  from dagan_jax.models.vgg import max_pool2
+  x = jax.random.normal(jax.random.key(7), (2, 9, 12, 3))
+  np.testing.assert_array_equal(
+      max_pool2(x), nn.max_pool(x, (2, 2), strides=(2, 2), padding="VALID"))
+  f1 = lambda x: jnp.sum(jnp.sin(max_pool2(x)))  # noqa: E731
+  f2 = lambda x: jnp.sum(jnp.sin(nn.max_pool(x, (2, 2), strides=(2, 2))))  # noqa: E731
+  np.testing.assert_allclose(jax.grad(f1)(x), jax.grad(f2)(x), atol=1e-6)
