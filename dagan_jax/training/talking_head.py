@@ -119,6 +119,10 @@ def make_task(config, *, global_batch_size: int, steps_per_epoch: int,
   """Builds modules and optimisers from ``config`` (no parameters yet)."""
   tp = config.train_params
   models = build_lib.build_models(config, axis_name=axis_name)
+  # The depth network is frozen here (eval mode): its exact eval fast paths
+  # (BatchNorm folded into the convolutions) apply.
+  models = dataclasses.replace(
+      models, depth_encoder=models.depth_encoder.clone(fast_eval=True))
   disc_scales = set(norm_scale(s) for s in models.discriminator.scales)
   scales = tuple(norm_scale(s) for s in tp.scales)
   if not disc_scales <= set(scales):
@@ -198,6 +202,40 @@ def _apply_stateful(module, variables: dict[str, Any], *args):
   return module.apply(variables, *args), None
 
 
+@functools.partial(jax.custom_vjp, nondiff_argnums=(0,))
+def _split_gradients(fn: Callable, params: Any, x: Any, aux: Any):
+  """``fn(params, x, aux)`` twice: ``(for_generator, for_discriminator)``.
+
+  One forward pass serves both updates of the step: the generator's loss
+  reads the first copy, whose cotangent reaches only ``x`` (the
+  discriminator's parameters are constants to the generator); the
+  discriminator's loss reads the second, whose cotangent reaches only
+  ``params`` (the prediction is detached for the discriminator). The two
+  backward passes are the ones the separate updates would run; the
+  duplicate forward pass (one per image kind and step, about 2.5% of a
+  DaGAN 256x256 step) is gone.
+  """
+  y = fn(params, x, aux)
+  return y, y
+
+
+def _split_fwd(fn, params, x, aux):
+  y, pull = jax.vjp(fn, params, x, aux)
+  return (y, y), (pull, aux)
+
+
+def _split_bwd(fn, res, cts):
+  del fn
+  pull, aux = res
+  ct_gen, ct_disc = cts
+  d_params = pull(ct_disc)[0]
+  d_x = pull(ct_gen)[1]
+  return d_params, d_x, jax.tree_util.tree_map(jnp.zeros_like, aux)
+
+
+_split_gradients.defvjp(_split_fwd, _split_bwd)
+
+
 def generator_loss_fn(trainable: dict[str, Any], state: TrainState,
                       batch: Mapping[str, Array], tps: ops.TPSParams,
                       frozen: Mapping[str, Any], task: Task):
@@ -206,6 +244,13 @@ def generator_loss_fn(trainable: dict[str, Any], state: TrainState,
   ``trainable`` holds the keypoint detector's and the generator's params (the
   differentiated argument). Returns ``(total, aux)`` with ``aux`` = (weighted
   terms, updated batch stats, prediction, driving keypoints).
+
+  With ``trainable['discriminator']`` present (the joint step,
+  :func:`per_device_step`), the discriminator's forward passes on the
+  prediction and the driving frames are shared with its own update
+  (:func:`_split_gradients`): ``total`` then also holds the discriminator's
+  loss, whose gradient reaches only the discriminator, and ``aux`` gains
+  ``(discriminator terms, discriminator total)``.
   """
   models, dt = task.models, task.compute_dtype
   src = batch["source"].astype(dt)
@@ -251,14 +296,24 @@ def generator_loss_fn(trainable: dict[str, Any], state: TrainState,
     terms.update(gen_losses.perceptual_pyramid_loss(
         vgg_apply, {_key(s): pyr_real[_key(s)] for s in task.scales},
         {_key(s): pyr_fake[_key(s)] for s in task.scales}, lw["perceptual"]))
+  joint = "discriminator" in trainable
+  d_weighted = None
   if task.use_gan:
     kp_det = jax.lax.stop_gradient(kp_drv)
-    disc_vars = {"params": jax.lax.stop_gradient(state.params["discriminator"])}
-    if "discriminator" in state.batch_stats:
-      disc_vars["batch_stats"] = state.batch_stats["discriminator"]
     disc_pyr = lambda pyr: {_key(s): pyr[_key(s)] for s in task.disc_scales}  # noqa: E731
-    d_fake = models.discriminator.apply(disc_vars, disc_pyr(pyr_fake), kp_det)
-    d_real = models.discriminator.apply(disc_vars, disc_pyr(pyr_real), kp_det)
+    if joint:
+      apply_d = lambda p, x, kp: models.discriminator.apply({"params": p}, x, kp)  # noqa: E731
+      d_params = trainable["discriminator"]
+      d_fake, d_fake_own = _split_gradients(apply_d, d_params, disc_pyr(pyr_fake), kp_det)
+      d_real, d_real_own = _split_gradients(apply_d, d_params, disc_pyr(pyr_real), kp_det)
+      d_weighted = apply_loss_weights(
+          gen_losses.lsgan_discriminator_loss(d_real_own, d_fake_own), lw)
+    else:
+      disc_vars = {"params": jax.lax.stop_gradient(state.params["discriminator"])}
+      if "discriminator" in state.batch_stats:
+        disc_vars["batch_stats"] = state.batch_stats["discriminator"]
+      d_fake = models.discriminator.apply(disc_vars, disc_pyr(pyr_fake), kp_det)
+      d_real = models.discriminator.apply(disc_vars, disc_pyr(pyr_real), kp_det)
     terms.update(gen_losses.lsgan_generator_loss(d_fake))
     if sum(float(w) for w in lw["feature_matching"]) != 0:
       terms.update(gen_losses.feature_matching_loss(d_real, d_fake,
@@ -278,6 +333,10 @@ def generator_loss_fn(trainable: dict[str, Any], state: TrainState,
   if "batch_stats" in kp_vars:
     new_stats["kp_detector"] = kp_vars["batch_stats"]
   weighted = apply_loss_weights(terms, lw)
+  if joint:
+    g_total, d_total = total_loss(weighted), total_loss(d_weighted)
+    return g_total + d_total, (weighted, new_stats, pred, kp_drv, d_weighted,
+                               g_total, d_total)
   return total_loss(weighted), (weighted, new_stats, pred, kp_drv)
 
 
@@ -336,8 +395,19 @@ def per_device_step(state: TrainState, batch: Mapping[str, Array],
 
   trainable = {"kp_detector": state.params["kp_detector"],
                "generator": state.params["generator"]}
-  (g_total, (g_terms, new_stats, pred, kp_drv)), grads = jax.value_and_grad(
-      generator_loss_fn, has_aux=True)(trainable, state, batch, tps, frozen, task)
+  # Without discriminator batch statistics (DaGAN's has none) both updates
+  # come from one joint gradient that shares the discriminator's forward
+  # passes (generator_loss_fn); the discriminator update still sees the
+  # pre-update prediction and parameters, as the sequential form does.
+  joint = task.use_gan and "discriminator" not in state.batch_stats
+  if joint:
+    trainable["discriminator"] = state.params["discriminator"]
+    (_, aux), grads = jax.value_and_grad(generator_loss_fn, has_aux=True)(
+        trainable, state, batch, tps, frozen, task)
+    g_terms, new_stats, pred, kp_drv, d_terms, g_total, d_total = aux
+  else:
+    (g_total, (g_terms, new_stats, pred, kp_drv)), grads = jax.value_and_grad(
+        generator_loss_fn, has_aux=True)(trainable, state, batch, tps, frozen, task)
   grads = pmean(grads)
   new_params = dict(state.params)
   new_opt = dict(state.opt_state)
@@ -350,11 +420,14 @@ def per_device_step(state: TrainState, batch: Mapping[str, Array],
              "grad_norm_kp_detector": optax.global_norm(grads["kp_detector"])}
   finite = [g_total, grads]
   if task.use_gan:
-    (d_total, (d_terms, d_stats)), d_grads = jax.value_and_grad(
-        discriminator_loss_fn, has_aux=True)(
-            state.params["discriminator"], state, batch["driving"], pred,
-            kp_drv, task)
-    d_grads = pmean(d_grads)
+    if joint:
+      d_grads, d_stats = grads["discriminator"], None
+    else:
+      (d_total, (d_terms, d_stats)), d_grads = jax.value_and_grad(
+          discriminator_loss_fn, has_aux=True)(
+              state.params["discriminator"], state, batch["driving"], pred,
+              kp_drv, task)
+      d_grads = pmean(d_grads)
     updates, new_opt["discriminator"] = task.optimizers["discriminator"].update(
         d_grads, state.opt_state["discriminator"], state.params["discriminator"])
     new_params["discriminator"] = optax.apply_updates(

@@ -177,3 +177,54 @@ def test_held_out_reconstruction_l1_runs_at_the_training_size(vox_root):
            for f in clip.read(idx)]
   expect = np.mean([np.abs(small[0] - f).mean() for f in small[1:]])
   np.testing.assert_allclose(res["copy_source_l1"], expect, rtol=1e-5)
+
+
+def test_joint_gradient_shares_discriminator_forward_and_equals_sequential(vox_root):
+  """The step's joint gradient (one discriminator forward per image kind,
+  shared by both updates) equals the official sequential form: generator
+  gradient with the discriminator as a constant, then the discriminator's
+  LSGAN gradient on the detached prediction."""
+  cfg = tiny_config(vox_root)
+  batch = {k: np.asarray(v) for k, v in fixed_batch(cfg).items()}
+  task = th.make_task(cfg, global_batch_size=4, steps_per_epoch=10,
+                      axis_name=None, vgg=VGGFeatures(arch="vgg16"))
+  frozen, _ = th.load_frozen(cfg, task)
+  variables = build_lib.init_variables(task.models, jax.random.key(0), names=th.TRAINED)
+  state = th.create_train_state(task, variables)
+  assert "discriminator" not in state.batch_stats
+  tps = th.ops.sample_tps(jax.random.key(3), 4, sigma_affine=0.05, sigma_tps=0.005,
+                          points_tps=5)
+  gen_only = {"kp_detector": state.params["kp_detector"],
+              "generator": state.params["generator"]}
+
+  @jax.jit
+  def sequential():
+    (g_total, (g_terms, _, pred, kp_drv)), g_grads = jax.value_and_grad(
+        th.generator_loss_fn, has_aux=True)(gen_only, state, batch, tps, frozen, task)
+    (d_total, _), d_grads = jax.value_and_grad(th.discriminator_loss_fn, has_aux=True)(
+        state.params["discriminator"], state, batch["driving"], pred, kp_drv, task)
+    return g_total, d_total, g_terms, {**g_grads, "discriminator": d_grads}
+
+  @jax.jit
+  def joint():
+    (_, aux), grads = jax.value_and_grad(th.generator_loss_fn, has_aux=True)(
+        {**gen_only, "discriminator": state.params["discriminator"]},
+        state, batch, tps, frozen, task)
+    return aux[5], aux[6], aux[0], grads
+
+  want, got = sequential(), joint()
+  np.testing.assert_allclose(got[0], want[0], rtol=1e-5)
+  np.testing.assert_allclose(got[1], want[1], rtol=1e-5)
+  for k in want[2]:
+    np.testing.assert_allclose(got[2][k], want[2][k], rtol=1e-5, err_msg=k)
+  for name in ("generator", "kp_detector", "discriminator"):
+    for (path, a), b in zip(traverse_util.flatten_dict(got[3][name]).items(),
+                            traverse_util.flatten_dict(want[3][name]).values()):
+      scale = max(float(np.abs(b).max()), 1e-3)
+      np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4 * scale,
+                                 err_msg=f"{name}/{'/'.join(path)}")
+  # One discriminator forward per image kind: the joint program has fewer
+  # convolutions than the sequential one.
+  n_seq = sequential.lower().as_text().count("stablehlo.convolution")
+  n_joint = joint.lower().as_text().count("stablehlo.convolution")
+  assert n_joint < n_seq, (n_joint, n_seq)
