@@ -41,6 +41,8 @@ kp_driving, kp_source, source_depth, driving_depth) -> outputs`` (linen
 ``method=`` entry points), :meth:`prepare_source` stores the features under
 ``'features'`` and the per-frame function calls ``decode`` only; otherwise
 the generator's ``__call__`` re-encodes the (broadcast) source each batch.
+Both DaGAN generators and DaGAN++'s ``GeometryEnhancedGenerator`` (its
+encodings at every scale) offer the pair.
 """
 
 from __future__ import annotations

@@ -263,23 +263,58 @@ class GeometryEnhancedGenerator(nn.Module):
                                name=f"{prefix}down_blocks_{i}")(feats[-1]))
     return feats
 
-  @nn.compact
   def __call__(self, source_image: Array, kp_driving: KP, kp_source: KP,
                source_depth: Array | None = None,
                driving_depth: Array | None = None) -> dict[str, Array]:
     del driving_depth
-    self._check(source_image, source_depth)
+    return self._run(source_image, source_depth, None, kp_driving, kp_source)
+
+  def encode_source(self, source_image: Array, source_depth: Array | None = None
+                    ) -> dict[str, Any]:
+    """Both encoders' maps of every scale, ``{'enc': [F_e^i], 'depth':
+    [F_depth^i] or None}``: everything that does not depend on the driving
+    frame, so that animation encodes the source once per video (linen
+    ``method='encode_source'``)."""
+    return self._run(source_image, source_depth, None, None, None)
+
+  def decode(self, features: dict[str, Any], source_image: Array,
+             kp_driving: KP, kp_source: KP, source_depth: Array | None = None,
+             driving_depth: Array | None = None) -> dict[str, Array]:
+    """The output dict from :meth:`encode_source` 's features and one batch
+    of driving keypoints (``decode(encode_source(s, d), s, ...)`` equals
+    ``__call__(s, ..., d)``)."""
+    del source_depth, driving_depth  # encoded already / unused
+    return self._run(source_image, None, features, kp_driving, kp_source)
+
+  @nn.compact
+  def _run(self, source_image: Array, source_depth: Array | None,
+           features: dict[str, Any] | None, kp_driving: KP | None,
+           kp_source: KP | None) -> dict[str, Any]:
+    """The whole generator (one compact method, so that every entry point
+    creates the same submodules): encodes unless ``features`` are given,
+    stops after encoding when ``kp_driving`` is None."""
     be, mf, nd, ax = (self.block_expansion, self.max_features,
                       self.num_down_blocks, self.axis_name)
-
-    enc = self._encode(source_image, "")
-    for i, f in enumerate(enc):
-      self.sow("intermediates", f"enc_out_{i}", f)
-    depth_feats = None
-    if self.use_source_depth:
-      depth_feats = self._encode(source_depth.astype(source_image.dtype), "src_")
-      for i, f in enumerate(depth_feats):
-        self.sow("intermediates", f"depth_enc_out_{i}", f)
+    if features is None:
+      self._check(source_image, source_depth)
+      enc = self._encode(source_image, "")
+      for i, f in enumerate(enc):
+        self.sow("intermediates", f"enc_out_{i}", f)
+      depth_feats = None
+      if self.use_source_depth:
+        depth_feats = self._encode(source_depth.astype(source_image.dtype), "src_")
+        for i, f in enumerate(depth_feats):
+          self.sow("intermediates", f"depth_enc_out_{i}", f)
+      if kp_driving is None:
+        return {"enc": enc, "depth": depth_feats}
+    else:
+      enc, depth_feats = list(features["enc"]), features["depth"]
+      if len(enc) != nd + 1 or (self.use_source_depth and depth_feats is None):
+        raise ValueError(
+            f"GeometryEnhancedGenerator.decode: features must hold {nd + 1} "
+            f"encoder maps{' and the depth maps' if self.use_source_depth else ''}"
+            f" (from encode_source); got {len(enc)} maps, depth "
+            f"{'missing' if depth_feats is None else 'present'}")
 
     output: dict[str, Array] = {}
     deformation = occlusion_map = None

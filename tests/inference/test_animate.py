@@ -185,3 +185,39 @@ def test_resize_is_announced_and_matches_opencv(caplog):
   same = face_clip(2, 1)
   assert A.resize_frames(same, (32, 32)) is not None
   np.testing.assert_array_equal(A.resize_frames(same, (32, 32)), same)
+
+
+def test_daganpp_animate_caches_the_source_encodings():
+  """DaGAN++ (toy widths) encodes the source once per video too, and the
+  frames equal the uncached generator called on every frame."""
+  import jax.numpy as jnp
+
+  from dagan_jax import config as config_lib
+  from dagan_jax.models import variants
+  from inference_helpers import tiny_dict
+
+  d = tiny_dict()
+  d["model_params"] = variants.daganpp_model_params("daganpp", d["model_params"])
+  d["model_params"]["generator_params"]["num_down_blocks"] = 2
+  cfg = config_lib.from_dict(d)
+  models = build.build_models(cfg)
+  # Random weights drawn with numpy (compiling the jitted init costs more
+  # than the test).
+  from benchmarks.common import random_variables
+  variables = random_variables(
+      build.abstract_variables(models, checkpoints.INFERENCE_NETWORKS), seed=0)
+  an = A.Animator(cfg, variables, batch_size=2)
+  assert an.compiled.caches_source_features
+  src, frames = face_clip(1, 1)[0], face_clip(0, 3)
+  res = an.animate(src, frames, relative=False)
+
+  @jax.jit
+  def uncached(src, frames, kp):
+    d_s = build.depth_fn(models, variables, src[None])
+    d_d = build.depth_fn(models, variables, frames)
+    kp_s = build.keypoints_fn(models, variables, src[None], d_s)
+    kp_s3 = {k: jnp.repeat(kp_s[k], 3, 0) for k in ("value", "jacobian")}
+    return build.generate_fn(models, variables, jnp.repeat(src[None], 3, 0), kp_s3,
+                             kp, jnp.repeat(d_s, 3, 0), d_d)["prediction"]
+  want = uncached(src, frames, {"value": res.kp_norm, "jacobian": res.jacobian_norm})
+  np.testing.assert_allclose(res.prediction, np.asarray(want), atol=2e-5)

@@ -265,7 +265,9 @@ def test_every_parameter_gets_gradient(inputs, gen_variables):
             predict(shift_cancelled(params)))
 
   grads, pred, pred_shifted = run(gen_variables["params"])
-  np.testing.assert_allclose(pred_shifted, pred, atol=2e-6)
+  # (Float noise only: the staged BatchNorm sums round differently for the
+  # shifted activations, ~2e-6 on a sigmoid output.)
+  np.testing.assert_allclose(pred_shifted, pred, atol=1e-5)
 
   flat = {p: float(jnp.max(jnp.abs(g)))
           for p, g in traverse_util.flatten_dict(grads).items()}
@@ -279,3 +281,26 @@ def test_every_parameter_gets_gradient(inputs, gen_variables):
   assert noise < 1e-7, cancelled
   dead = {"/".join(p): m for p, m in live.items() if not m > 3 * noise}
   assert not dead, f"gradients at the noise floor ({noise:.1e}): {dead}"
+
+
+def test_encode_source_then_decode_equals_call(inputs):
+  """Animation caches the source encodings: ``decode(encode_source(...))``
+  gives exactly ``__call__``'s output, in one jitted program each."""
+  gen = make_generator("bottleneck")
+  args = _args(inputs)
+  variables = numpy_variables(gen, *args)
+  img, kp_d, kp_s, depth = args[0], args[1], args[2], args[3]
+
+  @jax.jit
+  def both(v):
+    whole = gen.apply(v, *args)
+    feats = gen.apply(v, img, depth, method="encode_source")
+    split = gen.apply(v, feats, img, kp_d, kp_s, method="decode")
+    return whole, split, feats
+  whole, split, feats = both(variables)
+  assert len(feats["enc"]) == 4 and len(feats["depth"]) == 4
+  for k in whole:
+    np.testing.assert_allclose(split[k], whole[k], atol=1e-6, err_msg=k)
+  with pytest.raises(ValueError, match="encoder maps"):
+    gen.apply(variables, {"enc": feats["enc"][:2], "depth": None}, img, kp_d,
+              kp_s, method="decode")
