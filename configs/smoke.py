@@ -34,21 +34,10 @@ DEFAULT_ROOT = os.path.normpath(os.path.join(_HERE, "..", "..", "shared", "data"
 
 
 def _shrink(d):
-  d["dataset_params"].update({"root_dir": DEFAULT_ROOT,
-                              "frame_shape": [64, 64, 3],
-                              "resize_frames": True})
-  mp = d["model_params"]
-  mp["common_params"]["num_kp"] = 10
-  mp["kp_detector_params"].update({"block_expansion": 16, "max_features": 128,
-                                   "num_blocks": 4, "scale_factor": 0.5})
-  mp["generator_params"].update({
-      "block_expansion": 16, "max_features": 64, "num_down_blocks": 2,
-      "num_bottleneck_blocks": 2,
-      "dense_motion_params": {"block_expansion": 16, "max_features": 128,
-                              "num_blocks": 4, "scale_factor": 0.5}})
-  mp["discriminator_params"].update({"block_expansion": 16, "max_features": 64,
-                                     "num_blocks": 4})
-  return d
+  d["dataset_params"]["root_dir"] = DEFAULT_ROOT
+  return config_lib.toy_model(d, frame=64, num_kp=10, width=16, max_features=64,
+                              hourglass_max_features=128, num_blocks=4,
+                              num_bottleneck_blocks=2)
 
 
 def get_config(arg=None):

@@ -221,23 +221,37 @@ def depth_config() -> dict[str, Any]:
   return d
 
 
-def toy_model(d: dict[str, Any], *, frame: int = 32) -> dict[str, Any]:
-  """Shrinks the networks of config dict ``d`` (in place, returned) to toy
-  widths -- 4 keypoints, 4 to 16 channels, ``frame`` x ``frame`` frames --
-  for tests and quick end-to-end checks; the training parameters stay."""
+def toy_model(d: dict[str, Any], *, frame: int = 32, num_kp: int = 4,
+              width: int = 4, max_features: int = 16,
+              hourglass_max_features: int | None = None, num_blocks: int = 3,
+              num_bottleneck_blocks: int = 1) -> dict[str, Any]:
+  """Shrinks the networks of config dict ``d`` (in place, returned) to small
+  widths for tests, smoke runs and quick end-to-end checks; the training
+  parameters stay.
+
+  The defaults are the test networks (4 keypoints, 4 to 16 channels, 32x32
+  frames). ``width`` is every network's ``block_expansion``;
+  ``max_features`` caps the generator and the discriminator,
+  ``hourglass_max_features`` (default: ``max_features``) the hourglasses of
+  the keypoint detector and the dense motion network; ``num_blocks`` is the
+  depth of the hourglasses and the discriminator. The generator always has
+  2 down blocks.
+  """
+  hmf = max_features if hourglass_max_features is None else hourglass_max_features
   d["dataset_params"].update({"frame_shape": [frame, frame, 3],
                               "resize_frames": True})
   mp = d["model_params"]
-  mp["common_params"]["num_kp"] = 4
-  mp["kp_detector_params"].update({"block_expansion": 4, "max_features": 16,
-                                   "num_blocks": 3, "scale_factor": 0.5})
+  mp["common_params"]["num_kp"] = num_kp
+  mp["kp_detector_params"].update({"block_expansion": width, "max_features": hmf,
+                                   "num_blocks": num_blocks, "scale_factor": 0.5})
   mp["generator_params"].update({
-      "block_expansion": 4, "max_features": 16, "num_down_blocks": 2,
-      "num_bottleneck_blocks": 1,
-      "dense_motion_params": {"block_expansion": 4, "max_features": 16,
-                              "num_blocks": 3, "scale_factor": 0.5}})
-  mp["discriminator_params"].update({"block_expansion": 4, "max_features": 16,
-                                     "num_blocks": 3})
+      "block_expansion": width, "max_features": max_features,
+      "num_down_blocks": 2, "num_bottleneck_blocks": num_bottleneck_blocks,
+      "dense_motion_params": {"block_expansion": width, "max_features": hmf,
+                              "num_blocks": num_blocks, "scale_factor": 0.5}})
+  mp["discriminator_params"].update({"block_expansion": width,
+                                     "max_features": max_features,
+                                     "num_blocks": num_blocks})
   return d
 
 

@@ -424,9 +424,9 @@ class InstanceNorm(nn.Module):
     c = x.shape[-1]
     # Staged sums over H, W (see BatchNorm); per sample and channel.
     per = lambda v: reductions.block_broadcast(v, x.shape, 1, 3)  # noqa: E731
-    mean = reductions.block_mean(x, 1, 3)
-    var = reductions.block_mean(jnp.square(x - per(mean)), 1, 3)
-    y = (x - per(mean)) * per(jax.lax.rsqrt(var + self.epsilon))
+    centred = x - per(reductions.block_mean(x, 1, 3))
+    var = reductions.block_mean(jnp.square(centred), 1, 3)
+    y = centred * per(jax.lax.rsqrt(var + self.epsilon))
     chan = lambda v: reductions.block_broadcast(v, x.shape, 0, 3)  # noqa: E731
     if self.use_scale:
       y = y * chan(self.param("scale", nn.initializers.ones, (c,)))

@@ -3,8 +3,9 @@ convolution is slow.
 
 The output heads of the networks are wide-input, narrow-output convolutions
 on large maps: the generator's final 7x7 64 -> 3 conv at 256x256, the 7x7
-heatmap / mask / occlusion heads of the keypoint detector and the dense
-motion network at 64x64. XLA:CPU runs their weight gradient at 7-40 GFLOP/s
+mask and occlusion heads of the dense motion network at 64x64 (the keypoint
+detector's unpadded heatmap and Jacobian heads keep XLA's convolution:
+``layers.conv2d`` routes "same"-padded convs only). XLA:CPU runs their weight gradient at 7-40 GFLOP/s
 (the machine reaches ~200): a 7x7 64 -> 3 weight gradient on 2x256x256
 takes 341 ms, more than the 3x3 256 -> 256 conv at 64x64 that does 4x the
 work.
