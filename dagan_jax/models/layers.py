@@ -47,7 +47,9 @@ import jax
 import jax.numpy as jnp
 
 from dagan_jax.ops import reductions
+from dagan_jax.ops.im2col_conv import conv_im2col
 from dagan_jax.ops.narrow_conv import conv_narrow_out
+from dagan_jax.ops.tiled_dw_conv import conv_tiled_dw
 
 Array = jax.Array
 PRNGKey = jax.Array
@@ -100,6 +102,53 @@ def is_training(module: nn.Module, override: bool | None = None) -> bool:
 #: input width, at 60 it is a loss).
 NARROW_MAX_OUT = 16
 
+#: Wide convs on tiny maps run as :func:`~dagan_jax.ops.im2col_conv.conv_im2col`
+#: when the kernel has at least ``IM2COL_MIN_WEIGHTS`` entries and the output
+#: has at most ``IM2COL_MAX_ROWS`` pixels in the whole batch, or at most
+#: ``IM2COL_ALWAYS_PIXELS`` per image. Measured on XLA:CPU (forward + both
+#: gradients, 3x3): 1024 -> 1024 on 2x4x4 83 -> 38 ms, 512 -> 512 on 2x2x2
+#: 39 -> 4 ms (XLA treats a 3x3 conv on a 2x2 map as a non-Eigen loop
+#: convolution), 8x2x2 140 -> 6 ms; even at 128 output rows (2x8x8, 8x4x4),
+#: so those keep XLA's convolution.
+IM2COL_MIN_WEIGHTS = 9 * 256 * 256
+IM2COL_MAX_ROWS = 64
+IM2COL_ALWAYS_PIXELS = 4
+
+
+def _use_im2col(x: Array, kernel: Array, padding: tuple[int, int]) -> bool:
+  kh, kw, ci, co = kernel.shape
+  ho = x.shape[1] + 2 * padding[0] - kh + 1
+  wo = x.shape[2] + 2 * padding[1] - kw + 1
+  return (kh * kw * ci * co >= IM2COL_MIN_WEIGHTS and ho >= 1 and wo >= 1
+          and (x.shape[0] * ho * wo <= IM2COL_MAX_ROWS
+               or ho * wo <= IM2COL_ALWAYS_PIXELS))
+
+
+#: Stride-1 convs on batches of at most ``TILED_DW_MAX_BATCH`` images with an
+#: even-sided output of at least ``TILED_DW_MIN_PIXELS`` pixels run as
+#: :func:`~dagan_jax.ops.tiled_dw_conv.conv_tiled_dw` with 2x2 tiles (same
+#: forward; the weight gradient sees 4x the batch). Measured on XLA:CPU,
+#: forward + both gradients at batch 2: 3x3 256 -> 256 on 64x64 161 -> 152
+#: ms, 128 -> 256 on 128x128 343 -> 316 ms, 64 -> 64 on 64x64 17 -> 11 ms,
+#: 7x7 3 -> 64 on 256x256 178 -> 167 ms; at batch 8 it is a loss (608 -> 638
+#: ms for the first).
+TILED_DW_MAX_BATCH = 4
+TILED_DW_MIN_PIXELS = 256
+#: ... and at least this many multiply-adds (smaller convs gain nothing
+#: measurable and would only add ops to compile).
+TILED_DW_MIN_MACS = 10 ** 8
+
+
+def _dw_tiles(x: Array, kernel: Array, padding: tuple[int, int]) -> int:
+  """2 where :func:`conv_tiled_dw` applies with 2x2 tiles, else 0."""
+  kh, kw, ci, co = kernel.shape
+  ho = x.shape[1] + 2 * padding[0] - kh + 1
+  wo = x.shape[2] + 2 * padding[1] - kw + 1
+  ok = (x.shape[0] <= TILED_DW_MAX_BATCH and ho * wo >= TILED_DW_MIN_PIXELS
+        and ho % 2 == 0 and wo % 2 == 0
+        and x.shape[0] * ho * wo * kh * kw * ci * co >= TILED_DW_MIN_MACS)
+  return 2 if ok else 0
+
 
 def conv2d(x: Array, kernel: Array, bias: Array | None = None, *,
            stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
@@ -109,7 +158,13 @@ def conv2d(x: Array, kernel: Array, bias: Array | None = None, *,
   Narrow output heads (at most ``NARROW_MAX_OUT`` output channels, stride 1,
   "same" padding, kernel 3x3 or larger) run as
   :func:`dagan_jax.ops.narrow_conv.conv_narrow_out` (same values; their
-  weight gradient is a matmul, 3-25x faster on XLA:CPU).
+  weight gradient is a matmul, 3-25x faster on XLA:CPU). Wide kernels on
+  tiny maps (``_use_im2col``) run as
+  :func:`dagan_jax.ops.im2col_conv.conv_im2col` (matmuls over the patch
+  matrix: no transposed copy of the kernel in the input gradient). Other
+  stride-1 convs on small batches (``_dw_tiles``) run as
+  :func:`dagan_jax.ops.tiled_dw_conv.conv_tiled_dw`: XLA's convolution
+  forward, its weight gradient over 2x2 tiles of each image.
   """
   ph, pw = _pair(padding)
   kh, kw = kernel.shape[:2]
@@ -117,6 +172,15 @@ def conv2d(x: Array, kernel: Array, bias: Array | None = None, *,
       and kernel.shape[-1] <= NARROW_MAX_OUT and min(kh, kw) >= 3
       and (ph, pw) == ((kh - 1) // 2, (kw - 1) // 2) and kh % 2 and kw % 2):
     y = conv_narrow_out(x, kernel.astype(x.dtype), (ph, pw), precision)
+    return add_bias(y, bias)
+  if (groups == 1 and _pair(stride) == (1, 1) and _pair(dilation) == (1, 1)
+      and _use_im2col(x, kernel, (ph, pw))):
+    y = conv_im2col(x, kernel.astype(x.dtype), (ph, pw), precision)
+    return add_bias(y, bias)
+  if (groups == 1 and _pair(stride) == (1, 1) and _pair(dilation) == (1, 1)
+      and _dw_tiles(x, kernel, (ph, pw))):
+    y = conv_tiled_dw(x, kernel.astype(x.dtype), (ph, pw),
+                      _dw_tiles(x, kernel, (ph, pw)), precision)
     return add_bias(y, bias)
   y = jax.lax.conv_general_dilated(
       x, kernel.astype(x.dtype), window_strides=_pair(stride),

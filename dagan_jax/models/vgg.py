@@ -41,6 +41,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from dagan_jax.errors import CheckpointMismatchError, DataError
+from dagan_jax.models import layers
 
 Arch = Literal["vgg19", "vgg16"]
 
@@ -108,8 +109,13 @@ class VGGFeatures(nn.Module):
     outs = []
     for idx, kind, ch in feature_layers(self.arch):
       if kind == "conv":
-        x = nn.Conv(ch, (3, 3), padding=((1, 1), (1, 1)),
-                    name=f"features_{idx}")(x)
+        # flax's Conv parameters and initialisers; layers.conv2d routes the
+        # deepest convs of small pyramid levels (2x2-4x4 maps) through its
+        # patch-matmul form.
+        x = layers.Conv2d(ch, 3, padding=1,
+                          kernel_init=nn.initializers.lecun_normal(),
+                          bias_init=nn.initializers.zeros_init(),
+                          name=f"features_{idx}")(x)
       elif kind == "relu":
         x = nn.relu(x)
       else:  # MaxPool2d(2, 2): floor mode, like 'VALID'

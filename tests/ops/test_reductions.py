@@ -11,6 +11,24 @@ from dagan_jax.models.layers import BatchNorm, InstanceNorm, conv2d
 from dagan_jax.ops import reductions
 
 
+@pytest.fixture(autouse=True)
+def _always_staged(monkeypatch):
+  # The shapes below are small; stage them anyway (the threshold has its
+  # own test).
+  monkeypatch.setattr(reductions, "STAGED_MIN_ELEMENTS", 0)
+
+
+def test_small_arrays_take_the_plain_sum(monkeypatch):
+  monkeypatch.setattr(reductions, "STAGED_MIN_ELEMENTS", 1 << 16)
+  small = jnp.ones((2, 30, 30, 8))
+  big = jnp.ones((2, 64, 64, 8))
+  def ops(x):
+    return str(jax.make_jaxpr(lambda v: reductions.block_sum(v, 0, 3))(x))
+  assert "optimization_barrier" not in ops(small)
+  assert "optimization_barrier" in ops(big)
+  np.testing.assert_allclose(reductions.block_sum(small, 0, 3), 1800.0)
+
+
 @pytest.mark.parametrize("shape,start,stop", [
     ((2, 58, 58, 7), 0, 3),     # BatchNorm: all but channels, 6728 = 8 * 29^2
     ((2, 58, 58, 7), 1, 3),     # InstanceNorm: H, W per sample
