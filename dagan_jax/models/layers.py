@@ -102,26 +102,32 @@ def is_training(module: nn.Module, override: bool | None = None) -> bool:
 #: input width, at 60 it is a loss).
 NARROW_MAX_OUT = 16
 
-#: Wide convs on tiny maps run as :func:`~dagan_jax.ops.im2col_conv.conv_im2col`
-#: when the kernel has at least ``IM2COL_MIN_WEIGHTS`` entries and the output
-#: has at most ``IM2COL_MAX_ROWS`` pixels in the whole batch, or at most
-#: ``IM2COL_ALWAYS_PIXELS`` per image. Measured on XLA:CPU (forward + both
-#: gradients, 3x3): 1024 -> 1024 on 2x4x4 83 -> 38 ms, 512 -> 512 on 2x2x2
-#: 39 -> 4 ms (XLA treats a 3x3 conv on a 2x2 map as a non-Eigen loop
-#: convolution), 8x2x2 140 -> 6 ms; even at 128 output rows (2x8x8, 8x4x4),
-#: so those keep XLA's convolution.
+#: Wide convs on tiny maps run as :func:`~dagan_jax.ops.im2col_conv.conv_im2col`:
+#: on maps of at most ``IM2COL_ALWAYS_PIXELS`` pixels per image with a kernel
+#: of at least ``IM2COL_MIN_WEIGHTS`` entries (XLA compiles a 3x3 conv on a
+#: 2x2 map as a generic loop convolution: 512 -> 512 on 2x2x2, forward +
+#: gradients, 39 -> 4 ms; 8x2x2 140 -> 6 ms), and where the output has at
+#: most ``IM2COL_MAX_ROWS`` pixels in the whole batch and the kernel at least
+#: ``IM2COL_WIDE_WEIGHTS`` entries (the hourglass bottoms: 1024 -> 1024 on
+#: 2x4x4 83 -> 38 ms, 512 -> 1024 31 -> 14 ms). Narrower kernels gain less
+#: than a millisecond or two (512 -> 512 on 2x4x4: 8.5 -> 6.3 ms) and at 128
+#: rows (2x8x8, 8x4x4) XLA's convolution is as fast, so those keep it.
+IM2COL_ALWAYS_PIXELS = 4
 IM2COL_MIN_WEIGHTS = 9 * 256 * 256
 IM2COL_MAX_ROWS = 64
-IM2COL_ALWAYS_PIXELS = 4
+IM2COL_WIDE_WEIGHTS = 9 * 512 * 1024
 
 
 def _use_im2col(x: Array, kernel: Array, padding: tuple[int, int]) -> bool:
   kh, kw, ci, co = kernel.shape
   ho = x.shape[1] + 2 * padding[0] - kh + 1
   wo = x.shape[2] + 2 * padding[1] - kw + 1
-  return (kh * kw * ci * co >= IM2COL_MIN_WEIGHTS and ho >= 1 and wo >= 1
-          and (x.shape[0] * ho * wo <= IM2COL_MAX_ROWS
-               or ho * wo <= IM2COL_ALWAYS_PIXELS))
+  weights = kh * kw * ci * co
+  if ho < 1 or wo < 1 or weights < IM2COL_MIN_WEIGHTS:
+    return False
+  return (ho * wo <= IM2COL_ALWAYS_PIXELS
+          or (x.shape[0] * ho * wo <= IM2COL_MAX_ROWS
+              and weights >= IM2COL_WIDE_WEIGHTS))
 
 
 #: Stride-1 convs on batches of at most ``TILED_DW_MAX_BATCH`` images with an

@@ -48,9 +48,9 @@ def _check(x: Array, kernel: Array, padding: tuple[int, int], tiles: int
                      f"kernel {kernel.shape} (HWIO)")
   ho = x.shape[1] + 2 * padding[0] - kernel.shape[0] + 1
   wo = x.shape[2] + 2 * padding[1] - kernel.shape[1] + 1
-  if tiles < 1 or ho < tiles or wo < tiles or ho % tiles or wo % tiles:
+  if tiles < 1 or ho < tiles or wo < tiles:
     raise ValueError(f"conv_tiled_dw: a {ho}x{wo} output does not split "
-                     f"into {tiles}x{tiles} equal tiles")
+                     f"into {tiles}x{tiles} tiles")
 
 
 def tile_images(x: Array, tiles: int, tile_h: int, tile_w: int,
@@ -69,8 +69,7 @@ def conv_tiled_dw(x: Array, kernel: Array, padding: tuple[int, int],
                   tiles: int = 2, precision: Any = None) -> Array:
   """``lax.conv_general_dilated(x, kernel, (1, 1), ((ph, ph), (pw, pw)))``
   (NHWC, HWIO, stride 1) whose weight gradient is computed over
-  ``tiles x tiles`` tiles of each image (see the module docstring).
-  The output's height and width must be multiples of ``tiles``."""
+  ``tiles x tiles`` tiles of each image (see the module docstring)."""
   _check(x, kernel, padding, tiles)
   return _lax_conv(x, kernel, padding, precision)
 
@@ -86,8 +85,13 @@ def _bwd(padding, tiles, precision, res, g):
   _, pull_x = jax.vjp(lambda v: _lax_conv(v, kernel, padding, precision), x)
   (dx,) = pull_x(g)
   _, ho, wo, _ = g.shape
-  th, tw = ho // tiles, wo // tiles
-  xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
+  # An output side that is not a multiple of ``tiles`` gets zero gradient
+  # rows / columns appended (they add nothing to the sum), the input as
+  # many zero rows / columns beyond its padding.
+  th, tw = -(-ho // tiles), -(-wo // tiles)
+  eh, ew = th * tiles - ho, tw * tiles - wo
+  g = jnp.pad(g, ((0, 0), (0, eh), (0, ew), (0, 0)))
+  xp = jnp.pad(x, ((0, 0), (ph, ph + eh), (pw, pw + ew), (0, 0)))
   x_tiles = tile_images(xp, tiles, th + kh - 1, tw + kw - 1, th, tw)
   g_tiles = tile_images(g, tiles, th, tw, th, tw)
   _, pull_w = jax.vjp(lambda k: _lax_conv(x_tiles, k, (0, 0), precision),

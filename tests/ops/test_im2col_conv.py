@@ -52,22 +52,25 @@ def test_no_convolution_and_no_kernel_transpose_in_the_gradient():
 
 def test_conv2d_routes_tiny_wide_convs_only():
   rng = np.random.default_rng(1)
-  cin, cout = 256, 256
-  assert 9 * cin * cout >= layers.IM2COL_MIN_WEIGHTS
-  k = jnp.asarray(rng.standard_normal((3, 3, cin, cout)).astype(np.float32) * 0.05)
-  b = jnp.asarray(rng.standard_normal((cout,)).astype(np.float32))
-  tiny = jnp.asarray(rng.standard_normal((2, 4, 4, cin)).astype(np.float32))
-  got = layers.conv2d(tiny, k, b, padding=1)
-  np.testing.assert_allclose(got, _lax(tiny, k, (1, 1)) + b, rtol=1e-5, atol=1e-4)
-  fn = lambda a: layers.conv2d(a, k, b, padding=1)
-  assert "convolution" not in jax.jit(fn).lower(tiny).as_text()
-  # A larger map, or a narrow kernel, keeps XLA's convolution.
-  big = jnp.zeros((2, 16, 16, cin))
-  assert "convolution" in jax.jit(fn).lower(big).as_text()
-  k_small = jnp.zeros((3, 3, 32, 32))
-  assert "convolution" in jax.jit(
-      lambda a: layers.conv2d(a, k_small, padding=1)).lower(jnp.zeros((2, 4, 4, 32))
-                                                             ).as_text()
+  def lowered(x, k):
+    return jax.jit(lambda a: layers.conv2d(a, k, padding=1)).lower(x).as_text()
+  # A 2x2 map with a 256 -> 256 kernel (VGG's conv5_1 on the smallest
+  # pyramid level, narrower): patch matmul, same values.
+  k = jnp.asarray(rng.standard_normal((3, 3, 256, 256)).astype(np.float32) * 0.05)
+  b = jnp.asarray(rng.standard_normal((256,)).astype(np.float32))
+  x2 = jnp.asarray(rng.standard_normal((2, 2, 2, 256)).astype(np.float32))
+  np.testing.assert_allclose(layers.conv2d(x2, k, b, padding=1),
+                             _lax(x2, k, (1, 1)) + b, rtol=1e-5, atol=1e-4)
+  assert "convolution" not in lowered(x2, k)
+  # 4x4 maps: only the widest kernels (the hourglass bottoms), and only
+  # while the batch has at most IM2COL_MAX_ROWS output pixels.
+  assert "convolution" in lowered(jnp.zeros((2, 4, 4, 256)), k)
+  wide = jnp.zeros((3, 3, 512, 1024))
+  assert 9 * 512 * 1024 >= layers.IM2COL_WIDE_WEIGHTS
+  assert "convolution" not in lowered(jnp.zeros((2, 4, 4, 512)), wide)
+  assert "convolution" in lowered(jnp.zeros((8, 4, 4, 512)), wide)
+  # Small kernels keep XLA's convolution even on a 2x2 map.
+  assert "convolution" in lowered(jnp.zeros((2, 2, 2, 32)), jnp.zeros((3, 3, 32, 32)))
 
 
 def test_mismatched_kernel_is_refused():

@@ -22,6 +22,8 @@ def _lax(x, k, pad):
     ((2, 10, 10, 3), 3, 3, 2, (0, 0), 2),    # valid padding: 8x8 output
     ((3, 12, 12, 2), 3, 3, 3, (1, 1), 3),    # 3x3 tiles
     ((2, 9, 9, 3), 4, 4, 2, (0, 0), 3),      # even kernel (discriminator-like)
+    ((2, 12, 12, 3), 4, 4, 5, (0, 0), 2),    # odd 9x9 output: zero-padded tiles
+    ((1, 11, 8, 2), 3, 3, 3, (1, 1), 2),     # odd height only
 ])
 def test_values_and_gradients_match_xla_conv(shape, kh, kw, cout, pad, tiles):
   rng = np.random.default_rng(sum(shape) + kh + cout)
@@ -76,8 +78,8 @@ def test_conv2d_routes_small_batches_of_big_convs():
   assert "tensor<8x10x10x8xf32>" not in grad_text(small, jnp.zeros((3, 3, 8, 8)))
 
 
-def test_uneven_tiles_are_refused():
-  with pytest.raises(ValueError, match="equal tiles"):
-    conv_tiled_dw(jnp.zeros((1, 9, 9, 2)), jnp.zeros((3, 3, 2, 2)), (1, 1), 2)
+def test_more_tiles_than_pixels_are_refused():
+  with pytest.raises(ValueError, match="tiles"):
+    conv_tiled_dw(jnp.zeros((1, 3, 3, 2)), jnp.zeros((3, 3, 2, 2)), (0, 0), 2)
   with pytest.raises(ValueError, match="does not match kernel"):
     conv_tiled_dw(jnp.zeros((1, 8, 8, 2)), jnp.zeros((3, 3, 4, 2)), (1, 1), 2)

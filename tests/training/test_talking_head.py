@@ -235,3 +235,21 @@ def test_joint_gradient_shares_discriminator_forward_and_equals_sequential(vox_r
   n_seq = seq_lowered.as_text().count("stablehlo.convolution")
   n_joint = joint_lowered.as_text().count("stablehlo.convolution")
   assert n_joint < n_seq, (n_joint, n_seq)
+
+
+def test_finite_check_and_grad_norm_by_staged_sums():
+  import jax.numpy as jnp
+  import optax
+  rng = np.random.default_rng(0)
+  tree = {"big": jnp.asarray(rng.standard_normal((300, 400)).astype(np.float32)),
+          "small": jnp.asarray(rng.standard_normal((7,)).astype(np.float32)),
+          "scalar": jnp.float32(2.0)}
+  np.testing.assert_allclose(float(jax.jit(th.global_norm)(tree)),
+                             float(optax.global_norm(tree)), rtol=1e-6)
+  assert bool(jax.jit(th._all_finite)(tree))
+  for leaf, bad in (("big", np.inf), ("big", np.nan), ("small", -np.inf),
+                    ("scalar", np.nan)):
+    broken = dict(tree)
+    broken[leaf] = tree[leaf].at[(0,) * tree[leaf].ndim].set(bad) \
+        if tree[leaf].ndim else jnp.float32(bad)
+    assert not bool(jax.jit(th._all_finite)(broken)), (leaf, bad)
