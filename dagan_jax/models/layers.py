@@ -47,6 +47,7 @@ import jax
 import jax.numpy as jnp
 
 from dagan_jax.ops import reductions
+from dagan_jax.ops.conv_common import output_size
 from dagan_jax.ops.im2col_conv import conv_im2col
 from dagan_jax.ops.narrow_conv import conv_narrow_out
 from dagan_jax.ops.tiled_dw_conv import conv_tiled_dw
@@ -119,10 +120,8 @@ IM2COL_WIDE_WEIGHTS = 9 * 512 * 1024
 
 
 def _use_im2col(x: Array, kernel: Array, padding: tuple[int, int]) -> bool:
-  kh, kw, ci, co = kernel.shape
-  ho = x.shape[1] + 2 * padding[0] - kh + 1
-  wo = x.shape[2] + 2 * padding[1] - kw + 1
-  weights = kh * kw * ci * co
+  ho, wo = output_size(x.shape, kernel.shape, padding)
+  weights = math.prod(kernel.shape)
   if ho < 1 or wo < 1 or weights < IM2COL_MIN_WEIGHTS:
     return False
   return (ho * wo <= IM2COL_ALWAYS_PIXELS
@@ -147,12 +146,10 @@ TILED_DW_MIN_MACS = 10 ** 8
 
 def _dw_tiles(x: Array, kernel: Array, padding: tuple[int, int]) -> int:
   """2 where :func:`conv_tiled_dw` applies with 2x2 tiles, else 0."""
-  kh, kw, ci, co = kernel.shape
-  ho = x.shape[1] + 2 * padding[0] - kh + 1
-  wo = x.shape[2] + 2 * padding[1] - kw + 1
+  ho, wo = output_size(x.shape, kernel.shape, padding)
   ok = (x.shape[0] <= TILED_DW_MAX_BATCH and ho * wo >= TILED_DW_MIN_PIXELS
         and ho % 2 == 0 and wo % 2 == 0
-        and x.shape[0] * ho * wo * kh * kw * ci * co >= TILED_DW_MIN_MACS)
+        and x.shape[0] * ho * wo * math.prod(kernel.shape) >= TILED_DW_MIN_MACS)
   return 2 if ok else 0
 
 
@@ -174,20 +171,16 @@ def conv2d(x: Array, kernel: Array, bias: Array | None = None, *,
   """
   ph, pw = _pair(padding)
   kh, kw = kernel.shape[:2]
-  if (groups == 1 and _pair(stride) == (1, 1) and _pair(dilation) == (1, 1)
-      and kernel.shape[-1] <= NARROW_MAX_OUT and min(kh, kw) >= 3
-      and (ph, pw) == ((kh - 1) // 2, (kw - 1) // 2) and kh % 2 and kw % 2):
-    y = conv_narrow_out(x, kernel.astype(x.dtype), (ph, pw), precision)
-    return add_bias(y, bias)
-  if (groups == 1 and _pair(stride) == (1, 1) and _pair(dilation) == (1, 1)
-      and _use_im2col(x, kernel, (ph, pw))):
-    y = conv_im2col(x, kernel.astype(x.dtype), (ph, pw), precision)
-    return add_bias(y, bias)
-  if (groups == 1 and _pair(stride) == (1, 1) and _pair(dilation) == (1, 1)
-      and _dw_tiles(x, kernel, (ph, pw))):
-    y = conv_tiled_dw(x, kernel.astype(x.dtype), (ph, pw),
-                      _dw_tiles(x, kernel, (ph, pw)), precision)
-    return add_bias(y, bias)
+  if groups == 1 and _pair(stride) == (1, 1) and _pair(dilation) == (1, 1):
+    k = kernel.astype(x.dtype)
+    if (kernel.shape[-1] <= NARROW_MAX_OUT and min(kh, kw) >= 3
+        and (ph, pw) == ((kh - 1) // 2, (kw - 1) // 2) and kh % 2 and kw % 2):
+      return add_bias(conv_narrow_out(x, k, (ph, pw), precision), bias)
+    if _use_im2col(x, kernel, (ph, pw)):
+      return add_bias(conv_im2col(x, k, (ph, pw), precision), bias)
+    tiles = _dw_tiles(x, kernel, (ph, pw))
+    if tiles:
+      return add_bias(conv_tiled_dw(x, k, (ph, pw), tiles, precision), bias)
   y = jax.lax.conv_general_dilated(
       x, kernel.astype(x.dtype), window_strides=_pair(stride),
       padding=((ph, ph), (pw, pw)), rhs_dilation=_pair(dilation),

@@ -36,21 +36,16 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from dagan_jax.ops.conv_common import output_size
+
 Array = jax.Array
-
-
-def _out_size(x_shape, kernel_shape, padding):
-  _, h, w, _ = x_shape
-  kh, kw = kernel_shape[:2]
-  ph, pw = padding
-  return h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
 
 
 def _patches(x: Array, kh: int, kw: int, padding: tuple[int, int]) -> Array:
   """(B, H, W, C) -> (B, Ho, Wo, kh*kw*C): the shifted views of the padded
   input, tap-major (the order of an HWIO kernel's rows)."""
   ph, pw = padding
-  ho, wo = _out_size(x.shape, (kh, kw), padding)
+  ho, wo = output_size(x.shape, (kh, kw), padding)
   xp = jnp.pad(x, ((0, 0), (ph, ph), (pw, pw), (0, 0)))
   return jnp.concatenate([xp[:, i:i + ho, j:j + wo]
                           for i in range(kh) for j in range(kw)], axis=-1)
@@ -60,7 +55,7 @@ def _check(x: Array, kernel: Array, padding: tuple[int, int]) -> None:
   if x.ndim != 4 or kernel.ndim != 4 or x.shape[-1] != kernel.shape[2]:
     raise ValueError(f"conv_im2col: input {x.shape} (NHWC) does not match "
                      f"kernel {kernel.shape} (HWIO)")
-  ho, wo = _out_size(x.shape, kernel.shape, padding)
+  ho, wo = output_size(x.shape, kernel.shape, padding)
   if ho < 1 or wo < 1 or min(padding) < 0:
     raise ValueError(f"conv_im2col: kernel {kernel.shape[:2]} with padding "
                      f"{padding} does not fit input {x.shape[1:3]}")
@@ -88,7 +83,7 @@ def _bwd(padding, precision, res, g):
   kh, kw, ci, co = kernel.shape
   b, h, w, _ = x.shape
   ph, pw = padding
-  ho, wo = _out_size(x.shape, kernel.shape, padding)
+  ho, wo = output_size(x.shape, kernel.shape, padding)
   wmat = kernel.reshape(kh * kw * ci, co)
   # dP = g @ W^T, contracting the output channels of both operands.
   dp = jax.lax.dot_general(g, wmat, (((3,), (1,)), ((), ())),

@@ -34,6 +34,8 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from dagan_jax.ops.conv_common import lax_conv, output_size
+
 Array = jax.Array
 
 #: Forward as matmul + shifted sum up to this many output channels
@@ -42,20 +44,12 @@ Array = jax.Array
 MATMUL_FORWARD_MAX_OUT = 4
 
 
-def _lax_conv(x: Array, kernel: Array, padding: tuple[int, int],
-              precision: Any) -> Array:
-  ph, pw = padding
-  return jax.lax.conv_general_dilated(
-      x, kernel, (1, 1), ((ph, ph), (pw, pw)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
-
-
 def _matmul_forward(x: Array, kernel: Array, padding: tuple[int, int],
                     precision: Any) -> Array:
   kh, kw, ci, co = kernel.shape
   b, h, w, _ = x.shape
   ph, pw = padding
-  ho, wo = h + 2 * ph - kh + 1, w + 2 * pw - kw + 1
+  ho, wo = output_size(x.shape, kernel.shape, padding)
   wmat = kernel.transpose(2, 0, 1, 3).reshape(ci, kh * kw * co)
   z = jnp.einsum("bhwc,cq->bhwq", x, wmat, precision=precision)
   z = jnp.pad(z.reshape(b, h, w, kh, kw, co),
@@ -95,7 +89,7 @@ def conv_narrow_out(x: Array, kernel: Array, padding: tuple[int, int] = (0, 0),
   HWIO, zero padding of at most ``k - 1``) with the gradients above."""
   if kernel.shape[-1] <= MATMUL_FORWARD_MAX_OUT:
     return _matmul_forward(x, kernel, padding, precision)
-  return _lax_conv(x, kernel, padding, precision)
+  return lax_conv(x, kernel, padding, precision)
 
 
 def _fwd(x, kernel, padding, precision):
@@ -104,7 +98,7 @@ def _fwd(x, kernel, padding, precision):
 
 def _bwd(padding, precision, res, g):
   x, kernel = res
-  _, pull_x = jax.vjp(lambda v: _lax_conv(v, kernel, padding, precision), x)
+  _, pull_x = jax.vjp(lambda v: lax_conv(v, kernel, padding, precision), x)
   (dx,) = pull_x(g)
   dw = _weight_grad(x, g, kernel.shape, padding, precision)
   return dx, dw.astype(kernel.dtype)

@@ -30,15 +30,9 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from dagan_jax.ops.conv_common import lax_conv, output_size
+
 Array = jax.Array
-
-
-def _lax_conv(x: Array, kernel: Array, padding: tuple[int, int],
-              precision: Any) -> Array:
-  ph, pw = padding
-  return jax.lax.conv_general_dilated(
-      x, kernel, (1, 1), ((ph, ph), (pw, pw)),
-      dimension_numbers=("NHWC", "HWIO", "NHWC"), precision=precision)
 
 
 def _check(x: Array, kernel: Array, padding: tuple[int, int], tiles: int
@@ -46,8 +40,7 @@ def _check(x: Array, kernel: Array, padding: tuple[int, int], tiles: int
   if x.ndim != 4 or kernel.ndim != 4 or x.shape[-1] != kernel.shape[2]:
     raise ValueError(f"conv_tiled_dw: input {x.shape} (NHWC) does not match "
                      f"kernel {kernel.shape} (HWIO)")
-  ho = x.shape[1] + 2 * padding[0] - kernel.shape[0] + 1
-  wo = x.shape[2] + 2 * padding[1] - kernel.shape[1] + 1
+  ho, wo = output_size(x.shape, kernel.shape, padding)
   if tiles < 1 or ho < tiles or wo < tiles:
     raise ValueError(f"conv_tiled_dw: a {ho}x{wo} output does not split "
                      f"into {tiles}x{tiles} tiles")
@@ -71,7 +64,7 @@ def conv_tiled_dw(x: Array, kernel: Array, padding: tuple[int, int],
   (NHWC, HWIO, stride 1) whose weight gradient is computed over
   ``tiles x tiles`` tiles of each image (see the module docstring)."""
   _check(x, kernel, padding, tiles)
-  return _lax_conv(x, kernel, padding, precision)
+  return lax_conv(x, kernel, padding, precision)
 
 
 def _fwd(x, kernel, padding, tiles, precision):
@@ -82,7 +75,7 @@ def _bwd(padding, tiles, precision, res, g):
   x, kernel = res
   kh, kw = kernel.shape[:2]
   ph, pw = padding
-  _, pull_x = jax.vjp(lambda v: _lax_conv(v, kernel, padding, precision), x)
+  _, pull_x = jax.vjp(lambda v: lax_conv(v, kernel, padding, precision), x)
   (dx,) = pull_x(g)
   _, ho, wo, _ = g.shape
   # An output side that is not a multiple of ``tiles`` gets zero gradient
@@ -94,7 +87,7 @@ def _bwd(padding, tiles, precision, res, g):
   xp = jnp.pad(x, ((0, 0), (ph, ph + eh), (pw, pw + ew), (0, 0)))
   x_tiles = tile_images(xp, tiles, th + kh - 1, tw + kw - 1, th, tw)
   g_tiles = tile_images(g, tiles, th, tw, th, tw)
-  _, pull_w = jax.vjp(lambda k: _lax_conv(x_tiles, k, (0, 0), precision),
+  _, pull_w = jax.vjp(lambda k: lax_conv(x_tiles, k, (0, 0), precision),
                       kernel)
   (dw,) = pull_w(g_tiles)
   return dx, dw
