@@ -21,6 +21,16 @@ forward and backward both need O(B * (N + M) * (d + C)) memory plus one
 (block_q, block_k) tile. Results are exact up to float rounding (order of
 summation differs from the naive form).
 
+Its CPU shape (measured on the 2-core development machine, XLA:CPU, jax
+0.10.2; BENCHMARKS.md): tall, narrow tiles (4096 queries x 128 keys); row
+max and sum staged over 32 strided slices (:data:`ROW_GROUPS`); no key mask
+when the key blocks divide M; one sample per loop step (:data:`PER_SAMPLE`);
+a backward pass that loops over query blocks outside and key blocks inside
+and accumulates dK and dV transposed. At the head sizes of DaGAN++'s
+256x256 layer (d=8, C=64), forward + backward on a 16384-pixel map went from
+1.74 to 0.86 s; at DaGAN's bottleneck (64x64, d=32, C=256) the forward at
+batch 16 went from 1.5 to 0.9 s.
+
 Implementations:
 
 ``'naive'``      softmax of the full matrix (reference; O(N M) memory).
@@ -58,7 +68,10 @@ Implementation = Literal["auto", "naive", "blockwise", "blockwise_checkpoint",
 #: 'auto' uses the naive form up to this many entries of the (N, M) matrix.
 AUTO_NAIVE_MAX_ELEMENTS = 1 << 21
 #: Default (query block, key block) sizes of the blockwise implementation.
-DEFAULT_BLOCK_SIZE = (1024, 512)
+DEFAULT_BLOCK_SIZE = (4096, 128)
+#: The blockwise implementation loops over the batch (one sample per loop
+#: step) instead of carrying it through every tile.
+PER_SAMPLE = True
 
 
 def _check_shapes(q: jax.Array, k: jax.Array, v: jax.Array) -> None:
@@ -125,10 +138,32 @@ def _from_blocks(x: jax.Array, length: int) -> jax.Array:
   return x.transpose(1, 0, 2, 3).reshape(b, nb * block, f)[:, :length]
 
 
-def _key_valid(m: int, bk: int) -> jax.Array:
-  """(nk, bk) booleans: which padded key slots hold real keys."""
+def _key_valid(m: int, bk: int) -> jax.Array | None:
+  """(nk, bk) booleans: which padded key slots hold real keys; None when
+  ``bk`` divides ``m`` (no padding, nothing to mask)."""
+  if m % bk == 0:
+    return None
   nk = -(-m // bk)
   return (jnp.arange(nk * bk) < m).reshape(nk, bk)
+
+
+#: Row reductions over a key block are taken in two stages: first across
+#: this many strided slices of the block (an elementwise max / sum of
+#: contiguous rows of width bk / ROW_GROUPS, which XLA fuses with the
+#: producer), then over the remaining bk / ROW_GROUPS entries. A plain
+#: ``s.max(-1)`` over more than 32 entries is rewritten by XLA:CPU into an
+#: unfused ``reduce-window`` that reads the (bq, bk) tile again; the staged
+#: form makes the streaming forward ~20% faster on CPU (BENCHMARKS.md).
+ROW_GROUPS = 32
+
+
+def _row_reduce(x: jax.Array, op: str) -> jax.Array:
+  """max or sum of ``x`` (..., bk) over its last axis, staged (ROW_GROUPS)."""
+  fn = jnp.max if op == "max" else jnp.sum
+  bk = x.shape[-1]
+  if bk > ROW_GROUPS and bk % ROW_GROUPS == 0:
+    x = fn(x.reshape(x.shape[:-1] + (ROW_GROUPS, bk // ROW_GROUPS)), axis=-2)
+  return fn(x, axis=-1)
 
 
 def _forward_blocks(qb: jax.Array, kb: jax.Array, vb: jax.Array,
@@ -138,9 +173,9 @@ def _forward_blocks(qb: jax.Array, kb: jax.Array, vb: jax.Array,
 
   Args:
     qb: (nq, B, bq, d); kb: (nk, B, bk, d); vb: (nk, B, bk, C);
-    valid: (nk, bk) mask of real keys. Key block 0 always holds key 0, so the
-      running maximum is finite after the first step and masked logits
-      (-inf) contribute exp(-inf) = 0.
+    valid: (nk, bk) mask of real keys, or None (no padded keys). Key block 0
+      always holds key 0, so the running maximum is finite after the first
+      step and masked logits (-inf) contribute exp(-inf) = 0.
   Returns:
     out (nq, B, bq, C) and the row log-sum-exp (nq, B, bq).
   """
@@ -149,15 +184,16 @@ def _forward_blocks(qb: jax.Array, kb: jax.Array, vb: jax.Array,
 
   def key_step(qi, carry, xs):
     m_run, l_run, acc = carry  # (B, bq), (B, bq), (B, bq, C)
-    kj, vj, valid_j = xs  # (B, bk, d), (B, bk, C), (bk,)
+    kj, vj, valid_j = xs  # (B, bk, d), (B, bk, C), (bk,) or None
     s = scale * jnp.einsum("bqd,bkd->bqk", qi, kj, precision=precision)
-    s = jnp.where(valid_j[None, None, :], s, -jnp.inf)  # (B, bq, bk)
+    if valid_j is not None:
+      s = jnp.where(valid_j[None, None, :], s, -jnp.inf)  # (B, bq, bk)
     # The output does not depend on the running maximum: no gradient through
     # it (exact, and avoids max's subgradient in the checkpointed variant).
-    m_new = jax.lax.stop_gradient(jnp.maximum(m_run, s.max(axis=-1)))
+    m_new = jax.lax.stop_gradient(jnp.maximum(m_run, _row_reduce(s, "max")))
     p = jnp.exp(s - m_new[..., None])  # (B, bq, bk)
     corr = jnp.exp(m_run - m_new)  # (B, bq); 0 on the first step
-    l_new = l_run * corr + p.sum(axis=-1)
+    l_new = l_run * corr + _row_reduce(p, "sum")
     acc = acc * corr[..., None] + jnp.einsum("bqk,bkc->bqc", p, vj,
                                              precision=precision)
     return (m_new, l_new, acc), None
@@ -195,12 +231,16 @@ def _flash_fwd(q, k, v, scale, bq, bk, precision):
 
 
 def _flash_bwd(scale, bq, bk, precision, res, dout):
-  """FlashAttention-2 backward, one pass over (key block, query block) tiles.
+  """FlashAttention-2's backward over (query block, key block) tiles.
 
   With P = exp(S - lse) and D = rowsum(dO * O):
     dV = P^T dO,  dS = P * (dO V^T - D),  dQ = scale dS K,  dK = scale dS^T Q.
-  Outer scan over key blocks carries dQ (O(N d)); the inner scan over query
-  blocks carries this key block's dK, dV.
+  The outer scan runs over query blocks, so a query block's Q and dO (and
+  their transposes) are sliced once per outer step; the inner scan over key
+  blocks carries that block's dQ and emits each key block's contribution to
+  dK and dV, which the outer scan adds up (O(M (d + C)) memory). On CPU the
+  other loop order (FlashAttention-2's, for GPU parallelism) re-sliced a
+  (bq, C) block of dO in every inner step.
   """
   q, k, v, out, lse = res
   n, m = q.shape[1], k.shape[1]
@@ -210,31 +250,37 @@ def _flash_bwd(scale, bq, bk, precision, res, dout):
   deltab = _to_blocks(delta[..., None], bq)[..., 0]
   kb, vb, valid = _to_blocks(k, bk), _to_blocks(v, bk), _key_valid(m, bk)
 
-  def key_block(dq_total, xs):
-    kj, vj, valid_j = xs  # (B, bk, d), (B, bk, C), (bk,)
+  def query_block(acc, xs):
+    qi, qi_t, doi, doi_t, lsei, di = xs  # (B, bq, d), (B, d, bq), ...
 
-    def query_step(carry, ys):
-      dk, dv = carry
-      qi, doi, lsei, di = ys
+    def key_step(dq_i, ys):
+      kj, vj, valid_j = ys  # (B, bk, d), (B, bk, C), (bk,) or None
       s = scale * jnp.einsum("bqd,bkd->bqk", qi, kj, precision=precision)
-      p = jnp.where(valid_j[None, None, :], jnp.exp(s - lsei[..., None]), 0.0)
-      dv = dv + jnp.einsum("bqk,bqc->bkc", p, doi, precision=precision)
+      p = jnp.exp(s - lsei[..., None])
+      if valid_j is not None:
+        p = jnp.where(valid_j[None, None, :], p, 0.0)
+      # dK and dV come out transposed, (d, bk) and (C, bk): XLA:CPU runs
+      # Q^T dS and dO^T P at 150-170 GFLOP/s, the transposed-operand forms
+      # dS^T Q and P^T dO at 26-55 and 95-140.
+      dv_t = jnp.einsum("bcq,bqk->bck", doi_t, p, precision=precision)
       dp = jnp.einsum("bqc,bkc->bqk", doi, vj, precision=precision)
       ds = p * (dp - di[..., None])  # (B, bq, bk)
-      dk = dk + scale * jnp.einsum("bqk,bqd->bkd", ds, qi, precision=precision)
-      dq_i = scale * jnp.einsum("bqk,bkd->bqd", ds, kj, precision=precision)
-      return (dk, dv), dq_i
+      dk_t = scale * jnp.einsum("bdq,bqk->bdk", qi_t, ds, precision=precision)
+      dq_i = dq_i + scale * jnp.einsum("bqk,bkd->bqd", ds, kj,
+                                       precision=precision)
+      return dq_i, (dk_t, dv_t)
 
-    init = (jnp.zeros_like(kj), jnp.zeros_like(vj))
-    (dk, dv), dq_blocks = jax.lax.scan(query_step, init,
-                                       (qb, dob, lseb, deltab))
-    return dq_total + dq_blocks, (dk, dv)
+    dq_i, (dk_t, dv_t) = jax.lax.scan(key_step, jnp.zeros_like(qi),
+                                      (kb, vb, valid))
+    return (acc[0] + dk_t, acc[1] + dv_t), dq_i
 
-  dq_b, (dk_b, dv_b) = jax.lax.scan(key_block, jnp.zeros_like(qb),
-                                    (kb, vb, valid))
+  init = (jnp.zeros_like(kb.swapaxes(2, 3)), jnp.zeros_like(vb.swapaxes(2, 3)))
+  (dk_t, dv_t), dq_b = jax.lax.scan(
+      query_block, init, (qb, qb.swapaxes(2, 3), dob, dob.swapaxes(2, 3),
+                          lseb, deltab))
   return (_from_blocks(dq_b, n).astype(q.dtype),
-          _from_blocks(dk_b, m).astype(k.dtype),
-          _from_blocks(dv_b, m).astype(v.dtype))
+          _from_blocks(dk_t.swapaxes(2, 3), m).astype(k.dtype),
+          _from_blocks(dv_t.swapaxes(2, 3), m).astype(v.dtype))
 
 
 _flash.defvjp(_flash_fwd, _flash_bwd)
@@ -264,7 +310,16 @@ def blockwise_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,
                                _to_blocks(v, bk), _key_valid(m, bk), scale,
                                precision, checkpoint=True)
     return _from_blocks(out_b, n).astype(out_dtype)
-  return _flash(q, k, v, float(scale), bq, bk, precision).astype(out_dtype)
+  def one(q, k, v):
+    return _flash(q, k, v, float(scale), bq, bk, precision)
+
+  if q.shape[0] == 1 or not PER_SAMPLE:
+    return one(q, k, v).astype(out_dtype)
+  # One sample at a time: XLA:CPU runs the batched (B, bq, bk) tile
+  # matmuls and reductions of one loop step slower than B steps of one
+  # sample each (DaGAN++ at batch 16 was slower per frame than at batch 1).
+  out = jax.lax.map(lambda qkv: one(*(x[None] for x in qkv))[0], (q, k, v))
+  return out.astype(out_dtype)
 
 
 def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, *,

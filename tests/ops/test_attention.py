@@ -170,3 +170,46 @@ def test_bfloat16_inputs_accumulate_in_float32():
   out = att.attention(q16, k16, v16, implementation="blockwise", block_size=32)
   assert out.dtype == jnp.bfloat16
   np.testing.assert_allclose(out.astype(jnp.float32), ref, atol=1e-2)
+
+
+@pytest.mark.parametrize("per_sample", [True, False])
+def test_unpadded_blocks_staged_reductions_and_batch_loop(monkeypatch,
+                                                          per_sample):
+  """Blocks that divide N and M (no key mask), key blocks wide enough for
+  the staged row max / sum (128 = 32 groups of 4), batch 3 looped one
+  sample at a time or carried through the tiles: exact in float64."""
+  monkeypatch.setattr(att, "PER_SAMPLE", per_sample)
+  rng = np.random.default_rng(6)
+  q, k, v, g = _inputs(rng, b=3, n=192, m=256, d=8, c=16, spread=2.0)
+  ref_out, ref_grads = _np_attention_and_grads(q, k, v, g, 1.3)
+  with jax.enable_x64(True):
+    fwd, grad = _jax_fwd_grad("blockwise", 1.3, (64, 128))
+    out, grads = fwd(q, k, v), grad(q, k, v, g)
+  np.testing.assert_allclose(out, ref_out, rtol=1e-10, atol=1e-12)
+  for name, a, b in zip("qkv", grads, ref_grads):
+    np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11, err_msg=f"d{name}")
+
+
+def test_row_reduce_is_max_and_sum():
+  x = np.random.default_rng(7).normal(size=(2, 3, 256))
+  with jax.enable_x64(True):
+    np.testing.assert_array_equal(att._row_reduce(x, "max"), x.max(-1))
+    np.testing.assert_allclose(att._row_reduce(x, "sum"), x.sum(-1),
+                               rtol=1e-13)
+    # Widths that are not a multiple of the groups reduce in one stage.
+    np.testing.assert_array_equal(att._row_reduce(x[..., :40], "max"),
+                                  x[..., :40].max(-1))
+
+
+def test_streaming_loop_has_no_unfused_row_reductions():
+  """The forward loop body takes its row max and sum over the (bq, bk) tile
+  in the fused staged form: no reduce-window (XLA:CPU's rewrite of a long
+  reduction, which reads the tile again) in the compiled program, and no
+  key mask when the key blocks divide M."""
+  sds = jax.ShapeDtypeStruct
+  fn = jax.jit(lambda q, k, v: att.attention(
+      q, k, v, implementation="blockwise", block_size=(256, 128)))
+  hlo = fn.lower(sds((1, 1024, 8), jnp.float32), sds((1, 1024, 8), jnp.float32),
+                 sds((1, 1024, 16), jnp.float32)).compile().as_text()
+  assert "reduce-window" not in hlo
+  assert "select(" not in hlo
