@@ -50,6 +50,13 @@ def _jax_fwd_grad(impl, scale, block_size):
   return jax.jit(fwd), jax.jit(jax.grad(loss, argnums=(0, 1, 2)))
 
 
+def _x64_fwd_grad(impl, scale, block_size, q, k, v, g):
+  """Output and (dq, dk, dv) of sum(attention * g), jitted in float64."""
+  with jax.enable_x64(True):
+    fwd, grad = _jax_fwd_grad(impl, scale, block_size)
+    return fwd(q, k, v), grad(q, k, v, g)
+
+
 @pytest.mark.parametrize("impl", EXACT_IMPLS)
 def test_matches_numpy_float64(impl):
   """Exact in float64: forward and d/dq, d/dk, d/dv, ragged blocks, jit."""
@@ -57,11 +64,9 @@ def test_matches_numpy_float64(impl):
   q, k, v, g = _inputs(rng)
   scale = 0.7
   ref_out, ref_grads = _np_attention_and_grads(q, k, v, g, scale)
-  with jax.enable_x64(True):
-    fwd, grad = _jax_fwd_grad(impl, scale, (64, 48))  # 300 = 4*64+44, 257 = 5*48+17
-    out = fwd(q, k, v)
-    grads = grad(q, k, v, g)
-    assert out.dtype == jnp.float64
+  # 300 = 4*64+44, 257 = 5*48+17
+  out, grads = _x64_fwd_grad(impl, scale, (64, 48), q, k, v, g)
+  assert out.dtype == jnp.float64
   np.testing.assert_allclose(out, ref_out, rtol=1e-10, atol=1e-12)
   for name, a, b in zip("qkv", grads, ref_grads):
     np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11, err_msg=f"d{name}")
@@ -87,9 +92,7 @@ def test_large_logits_are_stable():
   rng = np.random.default_rng(2)
   q, k, v, g = _inputs(rng, b=1, n=70, m=90, d=4, c=3, spread=10.0)
   ref_out, ref_grads = _np_attention_and_grads(q, k, v, g, 1.0)
-  with jax.enable_x64(True):
-    fwd, grad = _jax_fwd_grad("blockwise", 1.0, (16, 32))
-    out, grads = fwd(q, k, v), grad(q, k, v, g)
+  out, grads = _x64_fwd_grad("blockwise", 1.0, (16, 32), q, k, v, g)
   assert np.all(np.isfinite(out))
   np.testing.assert_allclose(out, ref_out, rtol=1e-9, atol=1e-9)
   for a, b in zip(grads, ref_grads):
@@ -182,9 +185,7 @@ def test_unpadded_blocks_staged_reductions_and_batch_loop(monkeypatch,
   rng = np.random.default_rng(6)
   q, k, v, g = _inputs(rng, b=3, n=192, m=256, d=8, c=16, spread=2.0)
   ref_out, ref_grads = _np_attention_and_grads(q, k, v, g, 1.3)
-  with jax.enable_x64(True):
-    fwd, grad = _jax_fwd_grad("blockwise", 1.3, (64, 128))
-    out, grads = fwd(q, k, v), grad(q, k, v, g)
+  out, grads = _x64_fwd_grad("blockwise", 1.3, (64, 128), q, k, v, g)
   np.testing.assert_allclose(out, ref_out, rtol=1e-10, atol=1e-12)
   for name, a, b in zip("qkv", grads, ref_grads):
     np.testing.assert_allclose(a, b, rtol=1e-9, atol=1e-11, err_msg=f"d{name}")
