@@ -48,6 +48,13 @@ def test_conv2d_routes_narrow_same_convs_and_keeps_values():
   # Wide outputs keep XLA's convolution.
   k2 = jnp.asarray(rng.standard_normal((3, 3, 8, 32)).astype(np.float32))
   assert "convolution" in jax.jit(lambda a: layers.conv2d(a, k2, padding=1)).lower(x).as_text()
+  # So do stems with few input channels (RGB, depth): below NARROW_MIN_IN.
+  k3 = jnp.asarray(rng.standard_normal((7, 7, 3, 4)).astype(np.float32))
+  x3 = x[..., :3]
+  assert layers.NARROW_MIN_IN > 3
+  assert "convolution" in jax.jit(lambda a: layers.conv2d(a, k3, padding=3)).lower(x3).as_text()
+  np.testing.assert_allclose(layers.conv2d(x3, k3, padding=3), _lax(x3, k3, (3, 3)),
+                             rtol=1e-5, atol=1e-4)
 
 
 def test_padding_beyond_kernel_is_refused():
