@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -103,6 +105,58 @@ def test_batchnorm_train_normalises_by_batch_and_updates_like_torch():
   np.testing.assert_array_equal(upd2["batch_stats"]["mean"],
                                 variables["batch_stats"]["mean"])
   assert not np.allclose(y2, y)
+
+
+@pytest.mark.parametrize("shape", [(3, 6, 7, 5), (2, 64, 48, 12)])
+def test_batchnorm_train_gradients_equal_torch(shape):
+  """The closed-form backward (one staged pass for both sums) gives torch's
+  input, scale and bias gradients; the larger shape takes the staged sums."""
+  c = shape[-1]
+  bn = _torch_bn(c, 7)
+  bn.train()
+  rng = np.random.default_rng(8)
+  x = rng.normal(0.5, 2.0, size=shape).astype(np.float32)
+  ct = rng.normal(size=shape).astype(np.float32)
+  xt = _nchw(x).clone().requires_grad_(True)
+  (bn(xt) * _nchw(ct)).sum().backward()
+  variables = _bn_vars(bn)
+
+  def loss(params, xs):
+    y, _ = layers.BatchNorm().apply({**variables, "params": params}, xs,
+                                    mutable=["batch_stats"])
+    return jnp.sum(y * ct)
+
+  g_params, g_x = jax.grad(loss, argnums=(0, 1))(variables["params"], jnp.asarray(x))
+  scale = float(np.abs(xt.grad.numpy()).max())
+  np.testing.assert_allclose(g_x, _nhwc(xt.grad), atol=2e-5 * scale)
+  np.testing.assert_allclose(g_params["scale"], bn.weight.grad.numpy(), rtol=2e-5,
+                             atol=1e-3)
+  np.testing.assert_allclose(g_params["bias"], bn.bias.grad.numpy(), rtol=2e-5,
+                             atol=1e-3)
+
+
+def test_batchnorm_train_gradients_synchronised_like_one_big_batch():
+  """Under a named axis the input gradient of each shard is that of the
+  whole batch; the parameter gradients are each shard's own sums (they add
+  up to the whole batch's)."""
+  bn = _torch_bn(4, 2)
+  variables = _bn_vars(bn)
+  rng = np.random.default_rng(9)
+  x = jnp.asarray(rng.normal(size=(8, 5, 5, 4)).astype(np.float32))
+  ct = jnp.asarray(rng.normal(size=(8, 5, 5, 4)).astype(np.float32))
+
+  def loss(params, xs, cts, axis_name=None):
+    y, _ = layers.BatchNorm(axis_name=axis_name).apply(
+        {**variables, "params": params}, xs, mutable=["batch_stats"])
+    return jnp.sum(y * cts)
+
+  gp, gx = jax.grad(loss, argnums=(0, 1))(variables["params"], x, ct)
+  sp, sx = jax.vmap(jax.grad(functools.partial(loss, axis_name="data"), argnums=(0, 1)),
+                    in_axes=(None, 0, 0), axis_name="data")(
+      variables["params"], x.reshape(4, 2, 5, 5, 4), ct.reshape(4, 2, 5, 5, 4))
+  np.testing.assert_allclose(sx.reshape(x.shape), gx, atol=1e-5)
+  for name in ("scale", "bias"):
+    np.testing.assert_allclose(sp[name].sum(0), gp[name], rtol=1e-5, atol=1e-5)
 
 
 def test_batchnorm_init_does_not_update_running_stats():
