@@ -109,7 +109,7 @@ def test_batchnorm_train_normalises_by_batch_and_updates_like_torch():
 
 @pytest.mark.parametrize("shape", [(3, 6, 7, 5), (2, 64, 48, 12)])
 def test_batchnorm_train_gradients_equal_torch(shape):
-  """The closed-form backward (one staged pass for both sums) gives torch's
+  """Training-mode gradients (through the batch statistics) equal torch's
   input, scale and bias gradients; the larger shape takes the staged sums."""
   c = shape[-1]
   bn = _torch_bn(c, 7)
