@@ -89,8 +89,9 @@ def photometric_error(pred: Array, target: Array, alpha: float = 0.85, *,
   if alpha == 0:
     return l1
   dssim = 1.0 - ssim_map(pred, target)
-  if ssim_halved:
-    dssim = jnp.clip(dssim / 2.0, 0.0, 1.0)
+  if ssim_halved:  # torch.clamp: gradient 1 on [0, 1], limits included
+    dssim = dssim / 2.0
+    dssim = jnp.where(dssim < 0.0, 0.0, jnp.where(dssim > 1.0, 1.0, dssim))
   dssim = jnp.mean(dssim, axis=-1, keepdims=True)
   return alpha * dssim + (1.0 - alpha) * l1
 
@@ -121,9 +122,32 @@ def edge_aware_smoothness(disp: Array, image: Array, *,
 def min_over_sources(errors: Array) -> tuple[Array, Array]:
   """Per-pixel minimum over source frames (monodepth2, occlusion handling).
 
+  The minimum is read at the argmin (the first source on ties), so its
+  gradient reaches that one source, as ``torch.min(x, dim)``'s does. JAX's
+  own gradient of ``jnp.min`` finds the minimum again by testing the
+  operand for bitwise equality with the result and divides by the number of
+  matches: where XLA computes the operand twice with different rounding (it
+  recomputes elementwise producers inside each consuming fusion, and code
+  generation may contract a multiply-add in one copy and not the other), no
+  element matches and the gradient is 0/0 = NaN. That happened to the
+  photometric error of the depth stage compiled with LLVM at -O0.
+
   Args: errors (S, B, H, W, 1). Returns (min (B, H, W, 1), argmin (B, H, W, 1)).
   """
-  return jnp.min(errors, axis=0), jnp.argmin(errors, axis=0)
+  best = jnp.argmin(errors, axis=0)
+  return _take_source(errors, best), best
+
+
+def _take_source(x: Array, index: Array) -> Array:
+  """``x[index[p], p]`` for every pixel p: (S, ...) and (...) -> (...)."""
+  return jnp.take_along_axis(x, index[None], axis=0)[0]
+
+
+def _smaller(a: Array, b: Array) -> Array:
+  """Elementwise ``a if a < b else b`` (ties -> ``b``), with the gradient
+  routed by that one comparison (``jnp.minimum``'s gradient compares the
+  operands with the result again; see :func:`min_over_sources`)."""
+  return jnp.where(a < b, a, b)
 
 
 def automask(reprojection_errors: Array, identity_errors: Array, *,
@@ -143,15 +167,14 @@ def automask(reprojection_errors: Array, identity_errors: Array, *,
   ``combined`` = min(min_identity, min_reprojection) (monodepth2's
   ``to_optimise``), all (B, H, W, 1).
   """
-  min_id = jnp.min(identity_errors, axis=0)
+  min_id = jax.lax.stop_gradient(jnp.min(identity_errors, axis=0))
   if key is not None:
     min_id = min_id + noise_std * jax.random.normal(key, min_id.shape,
                                                     min_id.dtype)
-  min_id = jax.lax.stop_gradient(min_id)
-  min_rep = jnp.min(reprojection_errors, axis=0)
+  min_rep, _ = min_over_sources(reprojection_errors)
   mask = jax.lax.stop_gradient((min_rep < min_id).astype(min_rep.dtype))
   return {"mask": mask, "min_reprojection": min_rep, "min_identity": min_id,
-          "combined": jnp.minimum(min_id, min_rep)}
+          "combined": _smaller(min_rep, min_id)}
 
 
 def uncertainty_weighted_loss(error: Array, uncertainty: Array,
@@ -183,7 +206,7 @@ def uncertainty_weighted_loss(error: Array, uncertainty: Array,
     uncertainty: (B, H, W, 1) U in (0, 1].
     mask: (B, H, W, 1) M_a in {0, 1}; None keeps every pixel.
   """
-  u = jnp.maximum(uncertainty, MIN_UNCERTAINTY)
+  u = jnp.where(uncertainty > MIN_UNCERTAINTY, uncertainty, MIN_UNCERTAINTY)
   m = jnp.ones_like(error) if mask is None else mask
   reg_mask = m if mask_regularizer else jnp.ones_like(m)
   return {"photometric": jnp.mean(m * error / u),

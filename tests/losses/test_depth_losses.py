@@ -226,3 +226,103 @@ def test_smoothness_weight_halves_per_scale():
   for s in range(4):
     w = D.weighted_depth_terms(terms, scale=s)
     np.testing.assert_allclose(w["smoothness"], 1e-3 / 2 ** s)
+
+
+def _torch_photometric(torch, target, warped, sources):
+  """monodepth2's ``compute_losses`` photometric part, written here in torch:
+  SSIM (reflection pad 1, 3x3 mean), 0.85 clamp((1 - SSIM) / 2) + 0.15 L1,
+  then the min over ``cat(identity, reprojection)`` (no tie-breaking noise)."""
+  nn = torch.nn
+
+  def ssim(x, y):
+    pool, pad = nn.AvgPool2d(3, 1), nn.ReflectionPad2d(1)
+    x, y = pad(x), pad(y)
+    mu_x, mu_y = pool(x), pool(y)
+    s_x = pool(x ** 2) - mu_x ** 2
+    s_y = pool(y ** 2) - mu_y ** 2
+    s_xy = pool(x * y) - mu_x * mu_y
+    n = (2 * mu_x * mu_y + 0.01 ** 2) * (2 * s_xy + 0.03 ** 2)
+    d = (mu_x ** 2 + mu_y ** 2 + 0.01 ** 2) * (s_x + s_y + 0.03 ** 2)
+    return torch.clamp((1 - n / d) / 2, 0, 1)
+
+  def reprojection(pred, tgt):
+    l1 = (tgt - pred).abs().mean(1, True)
+    return 0.85 * ssim(pred, tgt).mean(1, True) + 0.15 * l1
+
+  rep = torch.cat([reprojection(w, target) for w in warped], 1)
+  ident = torch.cat([reprojection(s, target) for s in sources], 1)
+  return torch.min(torch.cat([ident, rep], 1), dim=1)[0].mean()
+
+
+def test_photometric_gradient_equals_monodepth2_with_ties():
+  """Value and gradient w.r.t. the warped views equal torch's, including
+  pixels where the two sources tie (torch.min sends the gradient to the
+  first) and where a warped view equals the unwarped one (ties go to the
+  identity: no gradient)."""
+  torch = pytest.importorskip("torch")
+  rng = np.random.default_rng(11)
+  target = rng.uniform(size=(2, 8, 10, 3)).astype(np.float32)
+  sources = rng.uniform(size=(2, 2, 8, 10, 3)).astype(np.float32)
+  warped = (target[None] + 0.1 * rng.normal(size=sources.shape)).astype(np.float32)
+  warped[1, :, :, :5] = warped[0, :, :, :5]  # the two sources tie on the left
+  warped[0, 1] = sources[0, 1]  # sample 1: warping gains nothing from source 0
+
+  def loss(w):
+    terms, _ = D.depth_losses(jnp.asarray(target), w, jnp.asarray(sources),
+                              jnp.ones((2, 8, 10, 1)), key=None)
+    return terms["photometric"]
+
+  value, grad = jax.jit(jax.value_and_grad(loss))(jnp.asarray(warped))
+  nchw = lambda a: torch.tensor(np.moveaxis(a, -1, -3).copy())  # noqa: E731
+  w_t = nchw(warped).requires_grad_(True)
+  want = _torch_photometric(torch, nchw(target), w_t, nchw(sources))
+  want.backward()
+  np.testing.assert_allclose(float(value), want.item(), rtol=1e-5)
+  want_grad = np.moveaxis(w_t.grad.numpy(), -3, -1)
+  np.testing.assert_allclose(np.asarray(grad), want_grad, rtol=1e-4, atol=1e-7)
+  grad = np.asarray(grad)
+  # Sample 0, columns 0-2 reach only errors of pixels where the sources tie
+  # (3x3 SSIM windows): the first source takes the whole gradient.
+  assert np.all(grad[1, 0, :, :3] == 0) and np.any(grad[0, 0, :, :3] != 0)
+  # Sample 1: source 0's reprojection ties with its identity error
+  # everywhere, and ties go to the identity.
+  assert np.all(grad[0, 1] == 0) and np.any(grad[1, 1] != 0)
+
+
+def test_depth_loss_gradient_finite_when_compiled_at_llvm_o0():
+  """Regression: with ``jnp.min`` over the sources, XLA recomputed the
+  photometric error inside two fusions that LLVM -O0 rounds differently,
+  the operand no longer matched its own minimum and the gradient was 0/0
+  (NaN at thousands of pixels for these inputs). The argmin-based minimum
+  does not compare floats again, so any compilation gives the same finite
+  gradient."""
+  from dagan_jax import ops
+  rng = np.random.default_rng(0)
+  b, h, w = 1, 32, 32
+  target = jnp.asarray(rng.uniform(size=(b, h, w, 3)), jnp.float32)
+  sources = jnp.asarray(rng.uniform(size=(2, b, h, w, 3)), jnp.float32)
+  k = jnp.asarray([[[w * 0.8, 0, w / 2], [0, h * 0.8, h / 2], [0, 0, 1]]],
+                  jnp.float32)
+
+  def loss(disp, pose):
+    _, depth = ops.disp_to_depth(jax.nn.sigmoid(disp), 0.1, 100.0)
+    warped = jnp.stack([ops.inverse_warp(
+        sources[s], depth,
+        ops.transformation_from_parameters(pose[s, :, :3], pose[s, :, 3:]),
+        k)[0] for s in range(2)])
+    terms, _ = D.depth_losses(target, warped, sources, jax.nn.sigmoid(disp),
+                              key=jax.random.key(0))
+    return terms["photometric"]
+
+  grad = jax.grad(loss, argnums=(0, 1))
+  o0 = jax.jit(grad, compiler_options={"xla_backend_optimization_level": 0})
+  default = jax.jit(grad)
+  for seed in range(3):
+    r = np.random.default_rng(seed)
+    disp = jnp.asarray(r.normal(size=(b, h, w, 1)), jnp.float32)
+    pose = jnp.asarray(0.01 * r.normal(size=(2, b, 6)), jnp.float32)
+    got, want = o0(disp, pose), default(disp, pose)
+    for g, ref in zip(got, want):
+      assert np.all(np.isfinite(np.asarray(g)))
+      np.testing.assert_allclose(np.asarray(g), np.asarray(ref), rtol=1e-3,
+                                 atol=1e-6)
