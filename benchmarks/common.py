@@ -115,6 +115,9 @@ def machine_info() -> dict[str, Any]:
       "flax": flax.__version__,
       "numpy": np.__version__,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
+      # The package's own compile options (dagan_jax/xla_options.py).
+      "cpu_library_env": os.environ.get("DAGAN_JAX_CPU_LIBRARY", ""),
+      "cpu_opt_level_env": os.environ.get("DAGAN_JAX_CPU_OPT_LEVEL", ""),
       "commit": git_commit(),
       "loadavg": loadavg(),
   }

@@ -16,6 +16,15 @@ channels, many pixels), which YNNPACK computes as a convolution with the
 So every step this package compiles (training, animate, evaluation) asks for
 Eigen on the CPU backend. Set ``DAGAN_JAX_CPU_LIBRARY=ynnpack`` to keep
 XLA's default. Other backends get no options.
+
+``DAGAN_JAX_CPU_OPT_LEVEL=0`` (1, 2, 3) sets LLVM's optimisation level for
+the same steps on CPU (``xla_backend_optimization_level``; unset: XLA's
+default). It changes how machine code is generated for the already
+optimised HLO, not the HLO: level 0 trades run time for compile time, which
+pays off where programs are small and compiled once, as in the test suite
+(the 32x32 toy training step compiles in 15 s instead of 25 and runs in
+0.3 s instead of 0.2). Results agree with the default build to rounding
+(fused multiply-adds are contracted differently), not bit for bit.
 """
 
 from __future__ import annotations
@@ -34,6 +43,9 @@ ENV = "DAGAN_JAX_CPU_LIBRARY"
 YNNPACK_DEFAULT = ("LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,"
                    "LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
 
+#: Environment variable with LLVM's optimisation level on CPU (0-3).
+OPT_LEVEL_ENV = "DAGAN_JAX_CPU_OPT_LEVEL"
+
 _CPU_OPTIONS = {
     "eigen": {"xla_cpu_experimental_ynn_fusion_type": ""},
     "ynnpack": {"xla_cpu_experimental_ynn_fusion_type": YNNPACK_DEFAULT},
@@ -45,7 +57,8 @@ def compiler_options(backend: str | None = None) -> dict[str, Any] | None:
   (default: JAX's default backend); None where there are none.
 
   Raises:
-    ValueError: ``DAGAN_JAX_CPU_LIBRARY`` names an unknown library.
+    ValueError: ``DAGAN_JAX_CPU_LIBRARY`` names an unknown library, or
+      ``DAGAN_JAX_CPU_OPT_LEVEL`` is not one of 0-3.
   """
   backend = backend or jax.default_backend()
   if backend != "cpu":
@@ -53,7 +66,14 @@ def compiler_options(backend: str | None = None) -> dict[str, Any] | None:
   choice = os.environ.get(ENV, "eigen").strip().lower() or "eigen"
   if choice not in _CPU_OPTIONS:
     raise ValueError(f"{ENV}={choice!r}: expected one of {sorted(_CPU_OPTIONS)}")
-  return dict(_CPU_OPTIONS[choice])
+  options = dict(_CPU_OPTIONS[choice])
+  level = os.environ.get(OPT_LEVEL_ENV, "").strip()
+  if level:
+    if level not in ("0", "1", "2", "3"):
+      raise ValueError(f"{OPT_LEVEL_ENV}={level!r}: expected 0, 1, 2 or 3 "
+                       "(LLVM's optimisation level), or unset for XLA's default")
+    options["xla_backend_optimization_level"] = int(level)
+  return options
 
 
 def jit(fn, **kwargs):

@@ -18,6 +18,7 @@ def _conv_grad(x, k):
 
 def test_options_by_backend_and_env(monkeypatch):
   monkeypatch.delenv(xla_options.ENV, raising=False)
+  monkeypatch.delenv(xla_options.OPT_LEVEL_ENV, raising=False)
   assert xla_options.compiler_options("gpu") is None
   assert xla_options.compiler_options("cpu") == {
       "xla_cpu_experimental_ynn_fusion_type": ""}
@@ -39,3 +40,21 @@ def test_jit_uses_eigen_and_matches_default(monkeypatch):
   assert "ynn" not in ours.as_text()
   assert "ynn" in default.as_text()  # what the option changes
   np.testing.assert_allclose(ours(x, k), default(x, k), rtol=1e-4, atol=1e-3)
+
+
+def test_llvm_opt_level_from_env(monkeypatch):
+  monkeypatch.delenv(xla_options.ENV, raising=False)
+  monkeypatch.setenv(xla_options.OPT_LEVEL_ENV, "0")
+  assert xla_options.compiler_options("cpu") == {
+      "xla_cpu_experimental_ynn_fusion_type": "",
+      "xla_backend_optimization_level": 0}
+  assert xla_options.compiler_options("gpu") is None
+  rng = np.random.default_rng(1)
+  x = jnp.asarray(rng.standard_normal((2, 16, 16, 8), np.float32))
+  k = jnp.asarray(rng.standard_normal((3, 3, 8, 16), np.float32))
+  # XLA accepts the option and the program computes the same gradient.
+  np.testing.assert_allclose(xla_options.jit(_conv_grad)(x, k),
+                             jax.jit(_conv_grad)(x, k), rtol=1e-4, atol=1e-3)
+  monkeypatch.setenv(xla_options.OPT_LEVEL_ENV, "fast")
+  with pytest.raises(ValueError, match="DAGAN_JAX_CPU_OPT_LEVEL='fast'"):
+    xla_options.compiler_options("cpu")

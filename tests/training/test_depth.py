@@ -24,6 +24,9 @@ def fdn_run(tmp_path_factory, vox_root):
   return workdir, summary
 
 
+# The two tests that read the trained depth network run in one xdist worker
+# (setup.cfg: --dist loadgroup), so the module-scoped run is made once.
+@pytest.mark.xdist_group("fdn_run")
 def test_depth_stage_trains_and_exports(fdn_run):
   workdir, summary = fdn_run
   assert summary["step"] == 2
@@ -54,6 +57,7 @@ def test_uncertainty_aware_depth_stage(tmp_path, vox_root):
     assert r["uncertainty"] < 0
 
 
+@pytest.mark.xdist_group("fdn_run")
 def test_talking_head_loads_the_trained_depth_network(tmp_path, fdn_run, vox_root):
   depth_dir, _ = fdn_run
   cfg = tiny_config(vox_root, overrides=[
