@@ -25,7 +25,8 @@ def fdn_run(tmp_path_factory, vox_root):
 
 
 # The two tests that read the trained depth network run in one xdist worker
-# (setup.cfg: --dist loadgroup), so the module-scoped run is made once.
+# (the test command's --dist loadgroup; xdist's workers do not see it from
+# addopts), so the module-scoped run is made once.
 @pytest.mark.xdist_group("fdn_run")
 def test_depth_stage_trains_and_exports(fdn_run):
   workdir, summary = fdn_run
