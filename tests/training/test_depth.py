@@ -6,7 +6,6 @@ from __future__ import annotations
 import math
 
 import numpy as np
-import pytest
 
 from train_helpers import tiny_config
 from dagan_jax import checkpoints
@@ -15,21 +14,17 @@ from dagan_jax.training import talking_head as th
 from dagan_jax.training.monitor import read_metrics
 
 
-@pytest.fixture(scope="module")
-def fdn_run(tmp_path_factory, vox_root):
-  workdir = tmp_path_factory.mktemp("fdn")
+def test_depth_stage_trains_exports_and_feeds_the_talking_head(
+    tmp_path, vox_root):
+  """The depth stage trains and exports its model, and the talking-head
+  stage loads that model frozen. (One test: the trained depth network is
+  made once. Two tests sharing a module fixture were run on different xdist
+  workers and trained it twice: xdist_group has no effect with pytest 9.2
+  and pytest-xdist 3.8.)"""
+  workdir = tmp_path / "fdn"
   cfg = tiny_config(vox_root, trainer="depth")
   summary = depth_trainer.train_and_evaluate(cfg, workdir, max_steps=2,
                                              progress=False)
-  return workdir, summary
-
-
-# The two tests that read the trained depth network run in one xdist worker
-# (the test command's --dist loadgroup; xdist's workers do not see it from
-# addopts), so the module-scoped run is made once.
-@pytest.mark.xdist_group("fdn_run")
-def test_depth_stage_trains_and_exports(fdn_run):
-  workdir, summary = fdn_run
   assert summary["step"] == 2
   rows = read_metrics(workdir)
   assert [r["step"] for r in rows] == [1, 2]
@@ -44,6 +39,17 @@ def test_depth_stage_trains_and_exports(fdn_run):
   assert set(variables) == {"depth_encoder", "depth_decoder", "pose_encoder",
                             "pose_decoder"}
 
+  # The talking-head stage loads it.
+  th_dir = tmp_path / "talking_head"
+  cfg = tiny_config(vox_root, overrides=[
+      f"train_params.depth_checkpoint='{workdir}'"])
+  summary = th.train_and_evaluate(cfg, th_dir, max_steps=1, progress=False)
+  assert any("frozen, from" in n for n in summary["notes"])
+  _, exported = checkpoints.load_model(th_dir / "model")
+  a = exported["depth_encoder"]["params"]["encoder"]["conv1"]["kernel"]
+  b = variables["depth_encoder"]["params"]["encoder"]["conv1"]["kernel"]
+  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
 
 def test_uncertainty_aware_depth_stage(tmp_path, vox_root):
   cfg = tiny_config(vox_root, trainer="depth",
@@ -56,18 +62,3 @@ def test_uncertainty_aware_depth_stage(tmp_path, vox_root):
     assert math.isfinite(r["uncertainty"]) and math.isfinite(r["photometric"])
     # log U < 0 for U in (0, 1): the regulariser term is negative.
     assert r["uncertainty"] < 0
-
-
-@pytest.mark.xdist_group("fdn_run")
-def test_talking_head_loads_the_trained_depth_network(tmp_path, fdn_run, vox_root):
-  depth_dir, _ = fdn_run
-  cfg = tiny_config(vox_root, overrides=[
-      f"train_params.depth_checkpoint='{depth_dir}'"])
-  summary = th.train_and_evaluate(cfg, tmp_path, max_steps=1, progress=False)
-  assert any("frozen, from" in n for n in summary["notes"])
-  _, exported = checkpoints.load_model(tmp_path / "model")
-  _, depth = checkpoints.load_model(depth_dir / "model",
-                                    required=("depth_encoder",))
-  a = exported["depth_encoder"]["params"]["encoder"]["conv1"]["kernel"]
-  b = depth["depth_encoder"]["params"]["encoder"]["conv1"]["kernel"]
-  np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
