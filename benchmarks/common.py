@@ -98,6 +98,8 @@ def machine_info() -> dict[str, Any]:
   import flax  # pylint: disable=import-outside-toplevel
   import jax  # pylint: disable=import-outside-toplevel
   import jaxlib  # pylint: disable=import-outside-toplevel
+
+  from dagan_jax import xla_options  # pylint: disable=import-outside-toplevel
   devices = jax.devices()
   return {
       "date": datetime.datetime.now(datetime.timezone.utc).strftime(
@@ -116,8 +118,8 @@ def machine_info() -> dict[str, Any]:
       "numpy": np.__version__,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
       # The package's own compile options (dagan_jax/xla_options.py).
-      "cpu_library_env": os.environ.get("DAGAN_JAX_CPU_LIBRARY", ""),
-      "cpu_opt_level_env": os.environ.get("DAGAN_JAX_CPU_OPT_LEVEL", ""),
+      "cpu_library_env": os.environ.get(xla_options.ENV, ""),
+      "cpu_opt_level_env": os.environ.get(xla_options.OPT_LEVEL_ENV, ""),
       "commit": git_commit(),
       "loadavg": loadavg(),
   }

@@ -263,7 +263,7 @@ def depth_losses(target: Array, warped: Array, sources: Array, disp: Array,
     terms["photometric"] = jnp.mean(combined)
   else:
     if uncertainty.ndim == 5:  # per source: the U of the winning source
-      uncertainty = jnp.take_along_axis(uncertainty, best[None], axis=0)[0]
+      uncertainty = _take_source(uncertainty, best)
     terms.update(uncertainty_weighted_loss(
         min_rep, uncertainty, mask if use_automask else None,
         mask_regularizer=mask_regularizer))
