@@ -120,6 +120,7 @@ def machine_info() -> dict[str, Any]:
       # The package's own compile options (dagan_jax/xla_options.py).
       "cpu_library_env": os.environ.get(xla_options.ENV, ""),
       "cpu_opt_level_env": os.environ.get(xla_options.OPT_LEVEL_ENV, ""),
+      "cpu_fusion_emitters_env": os.environ.get(xla_options.FUSION_EMITTERS_ENV, ""),
       "commit": git_commit(),
       "loadavg": loadavg(),
   }

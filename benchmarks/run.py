@@ -568,6 +568,8 @@ def markdown_report(report: dict[str, Any]) -> str:
          if m.get("cpu_library_env") else "")
       + (f"; DAGAN_JAX_CPU_OPT_LEVEL `{m['cpu_opt_level_env']}`"
          if m.get("cpu_opt_level_env") else "")
+      + (f"; DAGAN_JAX_CPU_FUSION_EMITTERS `{m['cpu_fusion_emitters_env']}`"
+         if m.get("cpu_fusion_emitters_env") else "")
       + f". Load average at start: {m['loadavg'][0]:.1f} "
       f"(1 min; the machine is shared, see each row). Command: "
       f"`{report['command']}`.", ""]

@@ -19,6 +19,7 @@ def _conv_grad(x, k):
 def test_options_by_backend_and_env(monkeypatch):
   monkeypatch.delenv(xla_options.ENV, raising=False)
   monkeypatch.delenv(xla_options.OPT_LEVEL_ENV, raising=False)
+  monkeypatch.delenv(xla_options.FUSION_EMITTERS_ENV, raising=False)
   assert xla_options.compiler_options("gpu") is None
   assert xla_options.compiler_options("cpu") == {
       "xla_cpu_experimental_ynn_fusion_type": ""}
@@ -44,6 +45,7 @@ def test_jit_uses_eigen_and_matches_default(monkeypatch):
 
 def test_llvm_opt_level_from_env(monkeypatch):
   monkeypatch.delenv(xla_options.ENV, raising=False)
+  monkeypatch.delenv(xla_options.FUSION_EMITTERS_ENV, raising=False)
   monkeypatch.setenv(xla_options.OPT_LEVEL_ENV, "0")
   assert xla_options.compiler_options("cpu") == {
       "xla_cpu_experimental_ynn_fusion_type": "",
@@ -57,4 +59,28 @@ def test_llvm_opt_level_from_env(monkeypatch):
                              jax.jit(_conv_grad)(x, k), rtol=1e-4, atol=1e-3)
   monkeypatch.setenv(xla_options.OPT_LEVEL_ENV, "fast")
   with pytest.raises(ValueError, match="DAGAN_JAX_CPU_OPT_LEVEL='fast'"):
+    xla_options.compiler_options("cpu")
+
+
+def test_fusion_emitters_from_env(monkeypatch):
+  monkeypatch.delenv(xla_options.ENV, raising=False)
+  monkeypatch.delenv(xla_options.OPT_LEVEL_ENV, raising=False)
+  monkeypatch.setenv(xla_options.FUSION_EMITTERS_ENV, "0")
+  assert xla_options.compiler_options("cpu") == {
+      "xla_cpu_experimental_ynn_fusion_type": "",
+      "xla_cpu_use_fusion_emitters": False}
+  assert xla_options.compiler_options("gpu") is None
+  rng = np.random.default_rng(2)
+  x = jnp.asarray(rng.standard_normal((2, 16, 16, 8), np.float32))
+  k = jnp.asarray(rng.standard_normal((3, 3, 8, 16), np.float32))
+
+  def loss(x, k):  # a convolution and elementwise work around it to fuse
+    return jnp.tanh(_conv_grad(jnp.sin(x) * 2.0, k)) + jnp.exp(-k * k)
+  # XLA accepts the option and the program computes the same values.
+  np.testing.assert_allclose(xla_options.jit(loss)(x, k), jax.jit(loss)(x, k),
+                             rtol=1e-4, atol=1e-4)
+  monkeypatch.setenv(xla_options.FUSION_EMITTERS_ENV, "1")
+  assert xla_options.compiler_options("cpu")["xla_cpu_use_fusion_emitters"]
+  monkeypatch.setenv(xla_options.FUSION_EMITTERS_ENV, "off")
+  with pytest.raises(ValueError, match="DAGAN_JAX_CPU_FUSION_EMITTERS='off'"):
     xla_options.compiler_options("cpu")
