@@ -117,10 +117,10 @@ def machine_info() -> dict[str, Any]:
       "flax": flax.__version__,
       "numpy": np.__version__,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      # The package's own compile options (dagan_jax/xla_options.py).
-      "cpu_library_env": os.environ.get(xla_options.ENV, ""),
-      "cpu_opt_level_env": os.environ.get(xla_options.OPT_LEVEL_ENV, ""),
-      "cpu_fusion_emitters_env": os.environ.get(xla_options.FUSION_EMITTERS_ENV, ""),
+      # The package's own compile options (dagan_jax/xla_options.py) that
+      # are set: a slow row cannot hide a debug setting.
+      "package_env": {name: os.environ[name] for name in xla_options.ENV_VARS
+                      if os.environ.get(name)},
       "commit": git_commit(),
       "loadavg": loadavg(),
   }

@@ -564,12 +564,8 @@ def markdown_report(report: dict[str, Any]) -> str:
       f"Python {m['python']}, jax {m['jax']}, jaxlib {m['jaxlib']}, flax "
       f"{m['flax']}, numpy {m['numpy']}; commit {m['commit']}"
       + (f"; XLA_FLAGS `{m['xla_flags']}`" if m.get("xla_flags") else "")
-      + (f"; DAGAN_JAX_CPU_LIBRARY `{m['cpu_library_env']}`"
-         if m.get("cpu_library_env") else "")
-      + (f"; DAGAN_JAX_CPU_OPT_LEVEL `{m['cpu_opt_level_env']}`"
-         if m.get("cpu_opt_level_env") else "")
-      + (f"; DAGAN_JAX_CPU_FUSION_EMITTERS `{m['cpu_fusion_emitters_env']}`"
-         if m.get("cpu_fusion_emitters_env") else "")
+      + "".join(f"; {name} `{value}`"
+                for name, value in m.get("package_env", {}).items())
       + f". Load average at start: {m['loadavg'][0]:.1f} "
       f"(1 min; the machine is shared, see each row). Command: "
       f"`{report['command']}`.", ""]

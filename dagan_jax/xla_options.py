@@ -57,6 +57,9 @@ OPT_LEVEL_ENV = "DAGAN_JAX_CPU_OPT_LEVEL"
 #: Environment variable switching XLA:CPU's fusion emitters off (0) or on (1).
 FUSION_EMITTERS_ENV = "DAGAN_JAX_CPU_FUSION_EMITTERS"
 
+#: Every environment variable :func:`compiler_options` reads.
+ENV_VARS = (ENV, OPT_LEVEL_ENV, FUSION_EMITTERS_ENV)
+
 _CPU_OPTIONS = {
     "eigen": {"xla_cpu_experimental_ynn_fusion_type": ""},
     "ynnpack": {"xla_cpu_experimental_ynn_fusion_type": YNNPACK_DEFAULT},
@@ -79,20 +82,26 @@ def compiler_options(backend: str | None = None) -> dict[str, Any] | None:
   if choice not in _CPU_OPTIONS:
     raise ValueError(f"{ENV}={choice!r}: expected one of {sorted(_CPU_OPTIONS)}")
   options = dict(_CPU_OPTIONS[choice])
-  level = os.environ.get(OPT_LEVEL_ENV, "").strip()
+  level = _env_choice(OPT_LEVEL_ENV, ("0", "1", "2", "3"),
+                      "0, 1, 2 or 3 (LLVM's optimisation level)")
   if level:
-    if level not in ("0", "1", "2", "3"):
-      raise ValueError(f"{OPT_LEVEL_ENV}={level!r}: expected 0, 1, 2 or 3 "
-                       "(LLVM's optimisation level), or unset for XLA's default")
     options["xla_backend_optimization_level"] = int(level)
-  emitters = os.environ.get(FUSION_EMITTERS_ENV, "").strip()
+  emitters = _env_choice(FUSION_EMITTERS_ENV, ("0", "1"),
+                         "0 (XLA's older IR emitters), 1 (its MLIR fusion "
+                         "emitters)")
   if emitters:
-    if emitters not in ("0", "1"):
-      raise ValueError(f"{FUSION_EMITTERS_ENV}={emitters!r}: expected 0 (XLA's "
-                       "older IR emitters), 1 (its MLIR fusion emitters), or "
-                       "unset for XLA's default")
     options["xla_cpu_use_fusion_emitters"] = emitters == "1"
   return options
+
+
+def _env_choice(name: str, allowed: tuple[str, ...], expected: str) -> str:
+  """The value of environment variable ``name`` (stripped; '' when unset or
+  empty), which must be one of ``allowed``; ``expected`` describes them."""
+  value = os.environ.get(name, "").strip()
+  if value and value not in allowed:
+    raise ValueError(f"{name}={value!r}: expected {expected}, or unset for "
+                     "XLA's default")
+  return value
 
 
 def jit(fn, **kwargs):

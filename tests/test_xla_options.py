@@ -43,44 +43,37 @@ def test_jit_uses_eigen_and_matches_default(monkeypatch):
   np.testing.assert_allclose(ours(x, k), default(x, k), rtol=1e-4, atol=1e-3)
 
 
-def test_llvm_opt_level_from_env(monkeypatch):
-  monkeypatch.delenv(xla_options.ENV, raising=False)
-  monkeypatch.delenv(xla_options.FUSION_EMITTERS_ENV, raising=False)
-  monkeypatch.setenv(xla_options.OPT_LEVEL_ENV, "0")
+def _option_from_env(monkeypatch, env, value, option, fn, bad, seed, atol):
+  """With only ``env=value`` set, the CPU options are Eigen's plus
+  ``option`` (none elsewhere), XLA accepts them and ``fn`` computes what the
+  default build does; ``env=bad`` is refused, naming the variable."""
+  for name in xla_options.ENV_VARS:
+    monkeypatch.delenv(name, raising=False)
+  monkeypatch.setenv(env, value)
   assert xla_options.compiler_options("cpu") == {
-      "xla_cpu_experimental_ynn_fusion_type": "",
-      "xla_backend_optimization_level": 0}
+      "xla_cpu_experimental_ynn_fusion_type": "", **option}
   assert xla_options.compiler_options("gpu") is None
-  rng = np.random.default_rng(1)
+  rng = np.random.default_rng(seed)
   x = jnp.asarray(rng.standard_normal((2, 16, 16, 8), np.float32))
   k = jnp.asarray(rng.standard_normal((3, 3, 8, 16), np.float32))
-  # XLA accepts the option and the program computes the same gradient.
-  np.testing.assert_allclose(xla_options.jit(_conv_grad)(x, k),
-                             jax.jit(_conv_grad)(x, k), rtol=1e-4, atol=1e-3)
-  monkeypatch.setenv(xla_options.OPT_LEVEL_ENV, "fast")
-  with pytest.raises(ValueError, match="DAGAN_JAX_CPU_OPT_LEVEL='fast'"):
+  np.testing.assert_allclose(xla_options.jit(fn)(x, k), jax.jit(fn)(x, k),
+                             rtol=1e-4, atol=atol)
+  monkeypatch.setenv(env, bad)
+  with pytest.raises(ValueError, match=f"{env}={bad!r}"):
     xla_options.compiler_options("cpu")
+
+
+def test_llvm_opt_level_from_env(monkeypatch):
+  _option_from_env(monkeypatch, xla_options.OPT_LEVEL_ENV, "0",
+                   {"xla_backend_optimization_level": 0}, _conv_grad,
+                   bad="fast", seed=1, atol=1e-3)
 
 
 def test_fusion_emitters_from_env(monkeypatch):
-  monkeypatch.delenv(xla_options.ENV, raising=False)
-  monkeypatch.delenv(xla_options.OPT_LEVEL_ENV, raising=False)
-  monkeypatch.setenv(xla_options.FUSION_EMITTERS_ENV, "0")
-  assert xla_options.compiler_options("cpu") == {
-      "xla_cpu_experimental_ynn_fusion_type": "",
-      "xla_cpu_use_fusion_emitters": False}
-  assert xla_options.compiler_options("gpu") is None
-  rng = np.random.default_rng(2)
-  x = jnp.asarray(rng.standard_normal((2, 16, 16, 8), np.float32))
-  k = jnp.asarray(rng.standard_normal((3, 3, 8, 16), np.float32))
-
   def loss(x, k):  # a convolution and elementwise work around it to fuse
     return jnp.tanh(_conv_grad(jnp.sin(x) * 2.0, k)) + jnp.exp(-k * k)
-  # XLA accepts the option and the program computes the same values.
-  np.testing.assert_allclose(xla_options.jit(loss)(x, k), jax.jit(loss)(x, k),
-                             rtol=1e-4, atol=1e-4)
+  _option_from_env(monkeypatch, xla_options.FUSION_EMITTERS_ENV, "0",
+                   {"xla_cpu_use_fusion_emitters": False}, loss, bad="off",
+                   seed=2, atol=1e-4)
   monkeypatch.setenv(xla_options.FUSION_EMITTERS_ENV, "1")
   assert xla_options.compiler_options("cpu")["xla_cpu_use_fusion_emitters"]
-  monkeypatch.setenv(xla_options.FUSION_EMITTERS_ENV, "off")
-  with pytest.raises(ValueError, match="DAGAN_JAX_CPU_FUSION_EMITTERS='off'"):
-    xla_options.compiler_options("cpu")
