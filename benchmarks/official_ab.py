@@ -1,0 +1,396 @@
+"""Same-time comparison with the official PyTorch DaGAN: alternating steps.
+
+The "vs official" column of BENCHMARKS.md divides the official code's times
+in ``../shared/fixtures/README.md`` (measured once, at another time) by ours.
+On a shared machine whose speed drifts by 10-20% over a day that ratio can
+be far off. This script measures both at the same time instead: it starts
+one long-lived worker process per contender (each compiles or builds once),
+then asks them in turn for one step each, round after round, alternating the
+order every round, and reports each one's median and the median of the
+per-round ratios.
+
+Contenders (``NAME=KIND[:ARG]``, any number):
+
+* ``official-train:LAYERS`` -- the official training step at batch 2
+  (``GeneratorFullModel`` + ``DiscriminatorFullModel`` with the official
+  ``train.py``'s three Adam updates; 15 keypoints, RGB-D keypoints as
+  ``--rgbd``), random weights, with a ResNet-``LAYERS`` face depth network
+  (the official training code hard-codes ResNet-50; its demo uses 18).
+* ``ours-train:LAYERS`` -- ours, the same step (``configs/vox256_dagan.py``).
+* ``official-animate`` -- one frame of the official ``demo.py`` loop
+  (driving depth with ResNet-18, keypoints, ``normalize_kp`` with relative
+  motion and adaptive scale, generator), batch 1.
+* ``ours-animate`` -- animate's per-frame function (source cached), batch 1.
+
+The official workers need a checkout of harlanhong/CVPR2022-DaGAN
+(``--official-dir``), ``torch`` and ``torchvision``; they run the official
+modules unmodified and patch only what stops them on a CPU machine without
+the authors' files: ``.cuda()`` is a no-op, the depth checkpoints the
+training code loads from fixed paths are replaced by freshly initialised
+ones, VGG19 is built without downloading ImageNet weights, and
+``animate.py``'s unused dataset / logger imports are stubbed. Torch uses 2
+threads (as the fixture README's figures).
+
+    python benchmarks/official_ab.py --official-dir ../CVPR2022-DaGAN \
+        --rounds 8 off=official-train:50 ours=ours-train:50
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+import types
+from typing import Any, Sequence
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+KINDS = ("official-train", "ours-train", "official-animate", "ours-animate")
+
+
+# --------------------------------------------------------------------------
+# Workers: print "ready", then one line "<seconds> <value>" per "step" line.
+
+def _serve(step) -> None:
+  print("ready", flush=True)
+  for line in sys.stdin:
+    if line.strip() != "step":
+      break
+    t = time.perf_counter()
+    value = step()
+    print(f"{time.perf_counter() - t:.4f} {value:.6g}", flush=True)
+
+
+def _import_official(official_dir: str) -> Any:
+  """Imports torch with the official checkout on the path, CPU patches on."""
+  sys.path.insert(0, official_dir)
+  os.chdir(official_dir)  # the official code opens config files relative to it
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.set_num_threads(2)
+  try:
+    import torchvision  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  except RuntimeError:
+    # A torchvision wheel built for another torch variant fails registering
+    # its C++ operators; the official code needs only its Python models.
+    sys.modules.pop("torchvision", None)
+    sys.modules["torchvision._meta_registrations"] = types.ModuleType(
+        "torchvision._meta_registrations")
+    import torchvision  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
+  from torchvision import models  # pylint: disable=import-outside-toplevel
+  vgg19 = models.vgg19
+  models.vgg19 = lambda pretrained=False, **kw: vgg19(weights=None)
+  torch.nn.Module.cuda = lambda self, *a, **kw: self
+  torch.Tensor.cuda = lambda self, *a, **kw: self
+  return torch
+
+
+def _official_config(num_kp: int = 15) -> dict[str, Any]:
+  import yaml  # pylint: disable=import-outside-toplevel
+  with open("config/vox-adv-256.yaml") as f:
+    cfg = yaml.safe_load(f)
+  cfg["model_params"]["common_params"]["num_kp"] = num_kp
+  # run.py's defaults: --kp_distance 10, --depth_constraint 0.
+  cfg["train_params"]["loss_weights"]["kp_distance"] = 10
+  cfg["train_params"]["loss_weights"]["depth_constraint"] = 0
+  return cfg
+
+
+def official_train_worker(official_dir: str, layers: int, batch: int) -> None:
+  torch = _import_official(official_dir)
+  import depth  # pylint: disable=import-outside-toplevel,import-error
+  encoder_cls = depth.ResnetEncoder
+  depth.ResnetEncoder = lambda n, pretrained, *a, **kw: encoder_cls(layers, False, *a, **kw)
+  torch_load = torch.load
+
+  def fresh_depth_weights(path, *a, **kw):
+    encoder = encoder_cls(layers, False)
+    if str(path).endswith("encoder.pth"):
+      return encoder.state_dict()
+    return depth.DepthDecoder(num_ch_enc=encoder.num_ch_enc, scales=range(4)).state_dict()
+
+  import modules.generator as gen_lib  # pylint: disable=import-outside-toplevel,import-error
+  import modules.keypoint_detector as kpd_lib  # pylint: disable=import-outside-toplevel,import-error
+  from modules.discriminator import MultiScaleDiscriminator  # pylint: disable=import-outside-toplevel,import-error
+  from modules.model import DiscriminatorFullModel, GeneratorFullModel  # pylint: disable=import-outside-toplevel,import-error
+  cfg = _official_config()
+  mp, tp = cfg["model_params"], cfg["train_params"]
+  torch.manual_seed(0)
+  generator = gen_lib.DepthAwareGenerator(**mp["generator_params"], **mp["common_params"])
+  discriminator = MultiScaleDiscriminator(**mp["discriminator_params"], **mp["common_params"])
+  mp["common_params"]["num_channels"] = 4
+  kp_detector = kpd_lib.KPDetector(**mp["kp_detector_params"], **mp["common_params"])
+  # DataParallel without GPUs calls the module itself; the official full
+  # models read ``.module`` attributes.
+  generator, discriminator, kp_detector = (
+      torch.nn.DataParallel(m) for m in (generator, discriminator, kp_detector))
+  opt = argparse.Namespace(use_depth=False, rgbd=True, kp_prior=False)
+  torch.load = fresh_depth_weights
+  try:
+    generator_full = GeneratorFullModel(kp_detector, generator, discriminator, tp, opt)
+  finally:
+    torch.load = torch_load
+  discriminator_full = DiscriminatorFullModel(kp_detector, generator, discriminator, tp)
+  adam = lambda m: torch.optim.Adam(m.parameters(), lr=2e-4, betas=(0.5, 0.999))  # noqa: E731
+  opt_g, opt_d, opt_k = adam(generator), adam(discriminator), adam(kp_detector)
+  for m in (generator, discriminator, kp_detector):
+    m.train()
+  rng = torch.Generator().manual_seed(3)
+  x = {"source": torch.rand(batch, 3, 256, 256, generator=rng),
+       "driving": torch.rand(batch, 3, 256, 256, generator=rng)}
+
+  def step() -> float:  # the body of the official train.py loop
+    losses, generated = generator_full(x)
+    loss = sum(v.mean() for v in losses.values())
+    loss.backward()
+    opt_g.step()
+    opt_g.zero_grad()
+    opt_k.step()
+    opt_k.zero_grad()
+    opt_d.zero_grad()
+    d_loss = sum(v.mean() for v in discriminator_full(x, generated).values())
+    d_loss.backward()
+    opt_d.step()
+    opt_d.zero_grad()
+    return float(loss.detach())
+
+  _serve(step)
+
+
+def official_animate_worker(official_dir: str) -> None:
+  torch = _import_official(official_dir)
+  for name, attrs in (("frames_dataset", ("PairedDataset",)),
+                      ("logger", ("Logger", "Visualizer"))):
+    stub = types.ModuleType(name)
+    for attr in attrs:
+      setattr(stub, attr, None)
+    sys.modules[name] = stub
+  import depth  # pylint: disable=import-outside-toplevel,import-error
+  import modules.generator as gen_lib  # pylint: disable=import-outside-toplevel,import-error
+  from animate import normalize_kp  # pylint: disable=import-outside-toplevel,import-error
+  from modules.keypoint_detector import KPDetector  # pylint: disable=import-outside-toplevel,import-error
+  mp = _official_config()["model_params"]
+  torch.manual_seed(0)
+  generator = gen_lib.DepthAwareGenerator(**mp["generator_params"], **mp["common_params"])
+  mp["common_params"]["num_channels"] = 4
+  kp_detector = KPDetector(**mp["kp_detector_params"], **mp["common_params"])
+  encoder = depth.ResnetEncoder(18, False)
+  decoder = depth.DepthDecoder(num_ch_enc=encoder.num_ch_enc, scales=range(4))
+  for m in (generator, kp_detector, encoder, decoder):
+    m.eval()
+  rng = torch.Generator().manual_seed(3)
+  source = torch.rand(1, 3, 256, 256, generator=rng)
+  frames = torch.rand(4, 1, 3, 256, 256, generator=rng)
+  disp = lambda img: decoder(encoder(img))[("disp", 0)]  # noqa: E731
+  with torch.no_grad():  # the source side, once per video as demo.py does
+    depth_source = disp(source)
+    kp_source = kp_detector(torch.cat((source, depth_source), 1))
+    kp_initial = kp_detector(torch.cat((frames[0], disp(frames[0])), 1))
+  count = [0]
+
+  def step() -> float:  # the body of demo.py's per-frame loop
+    frame = frames[count[0] % len(frames)]
+    count[0] += 1
+    with torch.no_grad():
+      depth_map = disp(frame)
+      kp_driving = kp_detector(torch.cat((frame, depth_map), 1))
+      kp_norm = normalize_kp(kp_source=kp_source, kp_driving=kp_driving,
+                             kp_driving_initial=kp_initial,
+                             use_relative_movement=True, use_relative_jacobian=True,
+                             adapt_movement_scale=True)
+      out = generator(source, kp_source=kp_source, kp_driving=kp_norm,
+                      source_depth=depth_source, driving_depth=depth_map)
+    return float(out["prediction"].mean())
+
+  _serve(step)
+
+
+def ours_train_worker(layers: int, batch: int) -> None:
+  sys.path.insert(0, REPO)
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from benchmarks import common  # pylint: disable=import-outside-toplevel
+  from dagan_jax.models import build as build_lib  # pylint: disable=import-outside-toplevel
+  from dagan_jax.models import vgg as vgg_lib  # pylint: disable=import-outside-toplevel
+  from dagan_jax.training import parallel  # pylint: disable=import-outside-toplevel
+  from dagan_jax.training import talking_head as th  # pylint: disable=import-outside-toplevel
+  cfg = common.load_config("configs/vox256_dagan.py", {
+      "train_params.batch_size": batch, "model_params.depth_params.num_layers": layers})
+  vgg = vgg_lib.VGGFeatures(arch="vgg19")
+  task = th.make_task(cfg, global_batch_size=batch, steps_per_epoch=1000, vgg=vgg)
+  mesh = parallel.make_mesh([jax.devices()[0]])
+  state = th.create_train_state(task, common.random_variables(
+      build_lib.abstract_variables(task.models, th.TRAINED), seed=0))
+  frozen = {"depth": common.random_variables(build_lib.abstract_variables(
+      task.models, ("depth_encoder", "depth_decoder")), seed=1),
+            "vgg": common.random_variables(jax.eval_shape(
+                lambda k: vgg.init(k, jnp.zeros((1, 32, 32, 3))), jax.random.key(0)), seed=2)}
+  rng = np.random.default_rng(3)
+  data = parallel.global_batch(
+      {k: rng.random((batch, 256, 256, 3), np.float32) for k in ("source", "driving")}, mesh)
+  state, frozen = parallel.replicate(state, mesh), parallel.replicate(frozen, mesh)
+  key = jax.random.key(4)
+  compiled = th.make_train_step(task, mesh).lower(state, data, frozen, key).compile()
+  holder = {"state": state, "i": 0}
+
+  def step() -> float:
+    holder["state"], metrics = compiled(holder["state"], data, frozen,
+                                        jax.random.fold_in(key, holder["i"]))
+    holder["i"] += 1
+    return float(metrics["generator_total"])
+
+  _serve(step)
+
+
+def ours_animate_worker() -> None:
+  sys.path.insert(0, REPO)
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from benchmarks import common  # pylint: disable=import-outside-toplevel
+  from dagan_jax.inference import animate  # pylint: disable=import-outside-toplevel
+  from dagan_jax.models import build  # pylint: disable=import-outside-toplevel
+  cfg = common.load_config("configs/vox256_dagan.py")
+  models = build.build_models(cfg)
+  variables = common.random_variables(
+      build.abstract_variables(models, build.NETWORKS[:4]), seed=0)
+  an = animate.Animator(cfg, variables, batch_size=1, fast_eval=True)
+  rng = np.random.default_rng(3)
+  frames = rng.random((1,) + tuple(an.frame_shape), np.float32)
+  state = an.prepare_source(rng.random(tuple(an.frame_shape), np.float32))
+  kp0 = an.keypoints(frames[:1])
+  args = (an.variables, state, frames, kp0, np.bool_(True), np.bool_(True))
+  compiled = an.compiled.drive_fn.lower(*args).compile()
+
+  def step() -> float:
+    return float(np.asarray(jax.block_until_ready(compiled(*args))["prediction"]).mean())
+
+  _serve(step)
+
+
+# --------------------------------------------------------------------------
+# The driver
+
+def worker_command(kind: str, arg: str | None, official_dir: str | None) -> list[str]:
+  """The command line of one contender's worker process."""
+  if kind not in KINDS:
+    raise ValueError(f"unknown contender kind {kind!r}; expected one of {KINDS}")
+  if kind.startswith("official") and not official_dir:
+    raise ValueError(f"{kind} needs --official-dir (a checkout of "
+                     "harlanhong/CVPR2022-DaGAN)")
+  cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind]
+  if arg:
+    cmd += ["--worker-arg", arg]
+  if official_dir:
+    cmd += ["--official-dir", os.path.abspath(official_dir)]
+  return cmd
+
+
+def alternate(commands: dict[str, Sequence[str]], rounds: int, *,
+              warmup: int = 1, log=print) -> dict[str, Any]:
+  """Starts every worker (one at a time, so no two build or compile at
+  once), warms each up, then runs ``rounds`` rounds of one step per worker,
+  the order reversed every other round. Returns per-worker times, medians
+  and, for every pair, the median of the per-round time ratios."""
+  procs: dict[str, subprocess.Popen] = {}
+  try:
+    for name, cmd in commands.items():
+      p = subprocess.Popen(list(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                           text=True)
+      procs[name] = p
+      line = p.stdout.readline()
+      while line and line.strip() != "ready":
+        line = p.stdout.readline()
+      if not line:
+        raise RuntimeError(f"worker {name!r} ({' '.join(cmd)}) exited before "
+                           f"it was ready (exit code {p.wait()})")
+
+    def one(name: str) -> float:
+      p = procs[name]
+      p.stdin.write("step\n")
+      p.stdin.flush()
+      line = p.stdout.readline()
+      if not line:
+        raise RuntimeError(f"worker {name!r} exited during a step "
+                           f"(exit code {p.wait()})")
+      return float(line.split()[0])
+
+    for name in procs:
+      for _ in range(warmup):
+        one(name)
+    times: dict[str, list[float]] = {n: [] for n in procs}
+    for r in range(rounds):
+      order = list(procs) if r % 2 == 0 else list(reversed(list(procs)))
+      for name in order:
+        load = os.getloadavg()[0]
+        times[name].append(one(name))
+        log(f"round {r} {name}: {times[name][-1]:.3f} s (load {load:.2f})")
+  finally:
+    for p in procs.values():
+      if p.poll() is None:
+        try:
+          p.stdin.write("quit\n")
+          p.stdin.flush()
+          p.wait(timeout=60)
+        except (OSError, subprocess.TimeoutExpired):
+          p.kill()
+  names = list(times)
+  ratios = {f"{a}/{b}": statistics.median(x / y for x, y in zip(times[a], times[b]))
+            for a in names for b in names if a != b}
+  return {"times_s": times,
+          "median_s": {n: statistics.median(v) for n, v in times.items()},
+          "min_s": {n: min(v) for n, v in times.items()},
+          "median_ratio": ratios, "rounds": rounds}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+  parser.add_argument("contenders", nargs="*", help="NAME=KIND[:ARG] (see the module doc)")
+  parser.add_argument("--official-dir", default=None)
+  parser.add_argument("--rounds", type=int, default=8)
+  parser.add_argument("--json", default=None, help="write the results here")
+  parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
+  parser.add_argument("--worker-arg", default=None, help=argparse.SUPPRESS)
+  args = parser.parse_args(argv)
+  if args.worker:
+    if args.worker == "official-train":
+      official_train_worker(args.official_dir, int(args.worker_arg or 50), 2)
+    elif args.worker == "ours-train":
+      ours_train_worker(int(args.worker_arg or 18), 2)
+    elif args.worker == "official-animate":
+      official_animate_worker(args.official_dir)
+    elif args.worker == "ours-animate":
+      ours_animate_worker()
+    else:
+      parser.error(f"unknown worker {args.worker!r}")
+    return 0
+  if len(args.contenders) < 2:
+    parser.error("give at least two contenders, e.g. off=official-train:50 ours=ours-train:50")
+  commands = {}
+  for spec in args.contenders:
+    name, _, kind = spec.partition("=")
+    kind, _, arg = kind.partition(":")
+    if not name or not kind:
+      parser.error(f"contender {spec!r}: expected NAME=KIND[:ARG]")
+    try:
+      commands[name] = worker_command(kind, arg or None, args.official_dir)
+    except ValueError as err:
+      parser.error(str(err))
+  result = alternate(commands, args.rounds)
+  result["contenders"] = dict(spec.partition("=")[::2] for spec in args.contenders)
+  for name in result["median_s"]:
+    print(f"{name}: median {result['median_s'][name]:.3f} s, best {result['min_s'][name]:.3f} s")
+  for pair, ratio in result["median_ratio"].items():
+    print(f"{pair}: median per-round ratio {ratio:.3f}")
+  if args.json:
+    with open(args.json, "w") as f:
+      json.dump(result, f, indent=1)
+  return 0
+
+
+if __name__ == "__main__":
+  sys.exit(main())

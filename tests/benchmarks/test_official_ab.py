@@ -1,0 +1,59 @@
+"""benchmarks/official_ab.py: the alternating driver, with stand-in workers
+(the real contenders need the official checkout and torchvision)."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+from benchmarks import official_ab
+
+FAKE = """
+import sys, time
+secs = float(sys.argv[1])
+print('some start-up noise', flush=True)
+print('ready', flush=True)
+for line in sys.stdin:
+  if line.strip() != 'step':
+    break
+  with open(sys.argv[2], 'a') as f:
+    f.write(sys.argv[3] + '\\n')
+  print(f'{secs} 0.5', flush=True)
+"""
+
+
+def _fake(tmp_path, secs, log, name):
+  script = tmp_path / "fake.py"
+  script.write_text(FAKE)
+  return [sys.executable, str(script), str(secs), str(log), name]
+
+
+def test_alternate_orders_rounds_and_reports_ratios(tmp_path):
+  log = tmp_path / "order.txt"
+  res = official_ab.alternate({"a": _fake(tmp_path, 3.0, log, "a"),
+                               "b": _fake(tmp_path, 1.5, log, "b")},
+                              rounds=4, warmup=1, log=lambda *_: None)
+  # warm-up a, b; then rounds alternate the order: ab, ba, ab, ba.
+  assert log.read_text().split() == ["a", "b", "a", "b", "b", "a", "a", "b", "b", "a"]
+  assert res["times_s"] == {"a": [3.0] * 4, "b": [1.5] * 4}
+  assert res["median_s"] == {"a": 3.0, "b": 1.5}
+  assert res["median_ratio"] == {"a/b": 2.0, "b/a": 0.5}
+
+
+def test_alternate_names_a_worker_that_dies(tmp_path):
+  dead = [sys.executable, "-c", "import sys; sys.exit(3)"]
+  with pytest.raises(RuntimeError, match=r"worker 'gone'.*exit code 3"):
+    official_ab.alternate({"ok": _fake(tmp_path, 1.0, tmp_path / "l", "ok"),
+                           "gone": dead}, rounds=1, log=lambda *_: None)
+
+
+def test_contender_specs_are_checked():
+  with pytest.raises(ValueError, match="needs --official-dir"):
+    official_ab.worker_command("official-train", "50", None)
+  with pytest.raises(ValueError, match="unknown contender kind"):
+    official_ab.worker_command("pytorch", None, None)
+  cmd = official_ab.worker_command("ours-train", "50", None)
+  assert cmd[-4:] == ["--worker", "ours-train", "--worker-arg", "50"]
+  with pytest.raises(SystemExit):
+    official_ab.main(["only=ours-train"])
