@@ -210,40 +210,20 @@ def official_animate_worker(official_dir: str) -> None:
 def ours_train_worker(layers: int, batch: int) -> None:
   sys.path.insert(0, REPO)
   import jax  # pylint: disable=import-outside-toplevel
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from benchmarks import common  # pylint: disable=import-outside-toplevel
-  from dagan_jax.models import build as build_lib  # pylint: disable=import-outside-toplevel
-  from dagan_jax.models import vgg as vgg_lib  # pylint: disable=import-outside-toplevel
-  from dagan_jax.training import parallel  # pylint: disable=import-outside-toplevel
-  from dagan_jax.training import talking_head as th  # pylint: disable=import-outside-toplevel
-  cfg = common.load_config("configs/vox256_dagan.py", {
-      "train_params.batch_size": batch, "model_params.depth_params.num_layers": layers})
-  vgg = vgg_lib.VGGFeatures(arch="vgg19")
-  task = th.make_task(cfg, global_batch_size=batch, steps_per_epoch=1000, vgg=vgg)
-  mesh = parallel.make_mesh([jax.devices()[0]])
-  state = th.create_train_state(task, common.random_variables(
-      build_lib.abstract_variables(task.models, th.TRAINED), seed=0))
-  frozen = {"depth": common.random_variables(build_lib.abstract_variables(
-      task.models, ("depth_encoder", "depth_decoder")), seed=1),
-            "vgg": common.random_variables(jax.eval_shape(
-                lambda k: vgg.init(k, jnp.zeros((1, 32, 32, 3))), jax.random.key(0)), seed=2)}
-  rng = np.random.default_rng(3)
-  data = parallel.global_batch(
-      {k: rng.random((batch, 256, 256, 3), np.float32) for k in ("source", "driving")}, mesh)
-  state, frozen = parallel.replicate(state, mesh), parallel.replicate(frozen, mesh)
-  key = jax.random.key(4)
-  compiled = th.make_train_step(task, mesh).lower(state, data, frozen, key).compile()
+  from benchmarks import run  # pylint: disable=import-outside-toplevel
+  _, _, step, (state, data, frozen, key) = run.training_inputs(
+      "dagan256", batch, {"model_params.depth_params.num_layers": layers})
+  compiled = step.lower(state, data, frozen, key).compile()
   holder = {"state": state, "i": 0}
 
-  def step() -> float:
+  def one() -> float:
     holder["state"], metrics = compiled(holder["state"], data, frozen,
                                         jax.random.fold_in(key, holder["i"]))
     holder["i"] += 1
     return float(metrics["generator_total"])
 
-  _serve(step)
+  _serve(one)
 
 
 def ours_animate_worker() -> None:
@@ -251,25 +231,14 @@ def ours_animate_worker() -> None:
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
-  from benchmarks import common  # pylint: disable=import-outside-toplevel
-  from dagan_jax.inference import animate  # pylint: disable=import-outside-toplevel
-  from dagan_jax.models import build  # pylint: disable=import-outside-toplevel
-  cfg = common.load_config("configs/vox256_dagan.py")
-  models = build.build_models(cfg)
-  variables = common.random_variables(
-      build.abstract_variables(models, build.NETWORKS[:4]), seed=0)
-  an = animate.Animator(cfg, variables, batch_size=1, fast_eval=True)
-  rng = np.random.default_rng(3)
-  frames = rng.random((1,) + tuple(an.frame_shape), np.float32)
-  state = an.prepare_source(rng.random(tuple(an.frame_shape), np.float32))
-  kp0 = an.keypoints(frames[:1])
-  args = (an.variables, state, frames, kp0, np.bool_(True), np.bool_(True))
+  from benchmarks import run  # pylint: disable=import-outside-toplevel
+  an, args, _ = run.inference_inputs("dagan256", 1)
   compiled = an.compiled.drive_fn.lower(*args).compile()
 
-  def step() -> float:
+  def one() -> float:
     return float(np.asarray(jax.block_until_ready(compiled(*args))["prediction"]).mean())
 
-  _serve(step)
+  _serve(one)
 
 
 # --------------------------------------------------------------------------
@@ -370,10 +339,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   if len(args.contenders) < 2:
     parser.error("give at least two contenders, e.g. off=official-train:50 ours=ours-train:50")
-  commands = {}
+  commands, contenders = {}, {}
   for spec in args.contenders:
-    name, _, kind = spec.partition("=")
-    kind, _, arg = kind.partition(":")
+    name, _, kind_spec = spec.partition("=")
+    contenders[name] = kind_spec
+    kind, _, arg = kind_spec.partition(":")
     if not name or not kind:
       parser.error(f"contender {spec!r}: expected NAME=KIND[:ARG]")
     try:
@@ -381,7 +351,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ValueError as err:
       parser.error(str(err))
   result = alternate(commands, args.rounds)
-  result["contenders"] = dict(spec.partition("=")[::2] for spec in args.contenders)
+  result["contenders"] = contenders
   for name in result["median_s"]:
     print(f"{name}: median {result['median_s'][name]:.3f} s, best {result['min_s'][name]:.3f} s")
   for pair, ratio in result["median_ratio"].items():

@@ -161,18 +161,21 @@ def _cost(compiled) -> dict[str, Any]:
   return out
 
 
-def _inference_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any]:
+def inference_inputs(model: str, batch: int, fast_eval: Any = True
+                     ) -> tuple[Any, tuple[Any, ...], float]:
+  """Animate's per-frame function for ``model`` with random weights:
+  ``(animator, args of animator.compiled.drive_fn, seconds prepare_source
+  took, compile included)``. The source and the ``batch`` driving frames are
+  random images; the source is prepared (cached) once, as the demo does."""
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
   from dagan_jax.inference import animate  # pylint: disable=import-outside-toplevel
   from dagan_jax.models import build  # pylint: disable=import-outside-toplevel
-  variant = opts.get("variant", "")
   cfg = common.load_config(MODELS[model]["config"])
   models = build.build_models(cfg)
   abstract = build.abstract_variables(models, build.NETWORKS[:4])
   variables = common.random_variables(abstract, seed=0)
-  fast_eval = {"plain": False, "bf16": "bf16"}.get(variant, True)
   an = animate.Animator(cfg, variables, batch_size=batch, fast_eval=fast_eval)
   shape = an.frame_shape
   t = time.perf_counter()
@@ -182,11 +185,21 @@ def _inference_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, An
   frames = _frames(shape, batch, 2)
   kp0 = an.keypoints(frames[:1])
   args = (an.variables, state, frames, kp0, np.bool_(True), np.bool_(True))
+  return an, args, source_s
+
+
+def _inference_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any]:
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  variant = opts.get("variant", "")
+  fast_eval = {"plain": False, "bf16": "bf16"}.get(variant, True)
+  an, args, source_s = inference_inputs(model, batch, fast_eval)
   t = time.perf_counter()
   compiled = an.compiled.drive_fn.lower(*args).compile(
       compiler_options=VARIANT_COMPILER_OPTIONS.get(variant))
   compile_s = time.perf_counter() - t
-  out: dict[str, Any] = {"fast_eval": fast_eval, "frame_shape": list(shape),
+  out: dict[str, Any] = {"fast_eval": fast_eval, "frame_shape": list(an.frame_shape),
                          "compile_s": compile_s,
                          "prepare_source_s_incl_compile": source_s}
   if not _cost_and_time(compiled, lambda: jax.block_until_ready(compiled(*args)),
@@ -235,7 +248,13 @@ def _cost_and_time(compiled, call, opts: dict[str, Any], out: dict[str, Any],
   return True
 
 
-def _training_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any]:
+def training_inputs(model: str, batch: int, overrides: dict[str, Any] | None = None,
+                    arch: str = "vgg19") -> tuple[Any, Any, Any, tuple[Any, ...]]:
+  """The full training step of ``model`` on one device with random weights
+  (``overrides`` on top of its config; ``arch``: the perceptual backbone):
+  ``(cfg, task, step, (state, data, frozen, key))``, ``step`` being
+  ``make_train_step``'s jitted step (it donates the state) and ``data`` a
+  batch of random frames."""
   import jax  # pylint: disable=import-outside-toplevel
   import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -244,12 +263,8 @@ def _training_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any
   from dagan_jax.models import vgg as vgg_lib  # pylint: disable=import-outside-toplevel
   from dagan_jax.training import parallel  # pylint: disable=import-outside-toplevel
   from dagan_jax.training import talking_head as th  # pylint: disable=import-outside-toplevel
-  variant = opts.get("variant", "")
-  overrides = {"train_params.batch_size": batch}
-  if variant == "bf16":
-    overrides["train_params.compute_dtype"] = "bfloat16"
-  cfg = common.load_config(MODELS[model]["config"], overrides)
-  arch = str(opts.get("vgg", "vgg19"))
+  cfg = common.load_config(MODELS[model]["config"],
+                           {"train_params.batch_size": batch, **(overrides or {})})
   vgg = vgg_lib.VGGFeatures(arch=arch)
   task = th.make_task(cfg, global_batch_size=batch, steps_per_epoch=1000, vgg=vgg)
   mesh = parallel.make_mesh([jax.devices()[0]])
@@ -268,8 +283,19 @@ def _training_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any
   state = parallel.replicate(state, mesh)
   frozen = parallel.replicate(frozen, mesh)
   data = parallel.global_batch(batch_np, mesh)
-  key = jax.random.key(4)
-  step = th.make_train_step(task, mesh)
+  return cfg, task, th.make_train_step(task, mesh), (state, data, frozen,
+                                                      jax.random.key(4))
+
+
+def _training_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any]:
+  import jax  # pylint: disable=import-outside-toplevel
+
+  variant = opts.get("variant", "")
+  overrides = {}
+  if variant == "bf16":
+    overrides["train_params.compute_dtype"] = "bfloat16"
+  arch = str(opts.get("vgg", "vgg19"))
+  cfg, _, step, (state, data, frozen, key) = training_inputs(model, batch, overrides, arch)
   t = time.perf_counter()
   compiled = step.lower(state, data, frozen, key).compile(
       compiler_options=VARIANT_COMPILER_OPTIONS.get(variant))
@@ -361,58 +387,23 @@ def _profile_row(kind: str, model: str, batch: int, opts: dict[str, Any]
   import flax  # pylint: disable=import-outside-toplevel
   flax.config.update("flax_profile", True)  # named scopes per linen module
   import jax  # pylint: disable=import-outside-toplevel
-  import numpy as np  # pylint: disable=import-outside-toplevel
 
   from benchmarks import breakdown  # pylint: disable=import-outside-toplevel
   runs = int(opts.get("profile_runs", 3))
   if kind == "profile-inference":
-    from dagan_jax.inference import animate  # pylint: disable=import-outside-toplevel
-    from dagan_jax.models import build  # pylint: disable=import-outside-toplevel
-    cfg = common.load_config(MODELS[model]["config"])
-    models = build.build_models(cfg)
-    variables = common.random_variables(
-        build.abstract_variables(models, build.NETWORKS[:4]), seed=0)
-    an = animate.Animator(cfg, variables, batch_size=batch, fast_eval=True)
-    state = an.prepare_source(_frames(an.frame_shape, 1, 1)[0])
-    frames = _frames(an.frame_shape, batch, 2)
-    kp0 = an.keypoints(frames[:1])
-    args = (an.variables, state, frames, kp0, np.bool_(True), np.bool_(True))
+    an, args, _ = inference_inputs(model, batch)
     compiled = an.compiled.drive_fn.lower(*args).compile(
         compiler_options=VARIANT_COMPILER_OPTIONS.get(opts.get("variant", "")))
     res = breakdown.time_by_scope(compiled, args, runs=runs,
                                   classify=_classify_inference)
   else:
-    from dagan_jax.models import build as build_lib  # pylint: disable=import-outside-toplevel
-    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
-    from dagan_jax.models import vgg as vgg_lib  # pylint: disable=import-outside-toplevel
-    from dagan_jax.training import parallel  # pylint: disable=import-outside-toplevel
-    from dagan_jax.training import talking_head as th  # pylint: disable=import-outside-toplevel
-    cfg = common.load_config(MODELS[model]["config"],
-                             {"train_params.batch_size": batch})
-    vgg = vgg_lib.VGGFeatures(arch="vgg19")
-    task = th.make_task(cfg, global_batch_size=batch, steps_per_epoch=1000, vgg=vgg)
-    mesh = parallel.make_mesh([jax.devices()[0]])
-    state = th.create_train_state(task, common.random_variables(
-        build_lib.abstract_variables(task.models, th.TRAINED)))
-    frozen = {"depth": common.random_variables(build_lib.abstract_variables(
-        task.models, ("depth_encoder", "depth_decoder")), seed=1),
-              "vgg": common.random_variables(jax.eval_shape(
-                  lambda k: vgg.init(k, jnp.zeros((1, 32, 32, 3))),
-                  jax.random.key(0)), seed=2)}
-    h, w, _ = (int(v) for v in cfg.dataset_params.frame_shape)
-    rng = np.random.default_rng(3)
-    data = parallel.global_batch({"source": rng.random((batch, h, w, 3), np.float32),
-                                  "driving": rng.random((batch, h, w, 3), np.float32)},
-                                 mesh)
-    state, frozen = parallel.replicate(state, mesh), parallel.replicate(frozen, mesh)
-    step = th.make_train_step(task, mesh)
+    _, _, step, args = training_inputs(model, batch)
     # No donation here: the profiler calls the step several times on the
     # same state.
     compiled = xla_options.jit(step.__wrapped__ if hasattr(step, "__wrapped__") else step
-                               ).lower(state, data, frozen, jax.random.key(4)).compile(
+                               ).lower(*args).compile(
                            compiler_options=VARIANT_COMPILER_OPTIONS.get(
                                opts.get("variant", "")))
-    args = (state, data, frozen, jax.random.key(4))
     res = breakdown.time_by_scope(compiled, args, runs=runs,
                                   classify=_classify_training)
   # The profiler's op (thunk) times need not cover the whole call: compare.
