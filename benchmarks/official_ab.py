@@ -9,7 +9,7 @@ then asks them in turn for one step each, round after round, alternating the
 order every round, and reports each one's median and the median of the
 per-round ratios.
 
-Contenders (``NAME=KIND[:ARG]``, any number):
+Contenders (``NAME=KIND[:ARG][@ALLOCATOR]``, any number):
 
 * ``official-train:LAYERS`` -- the official training step at batch 2
   (``GeneratorFullModel`` + ``DiscriminatorFullModel`` with the official
@@ -21,6 +21,11 @@ Contenders (``NAME=KIND[:ARG]``, any number):
   (driving depth with ResNet-18, keypoints, ``normalize_kp`` with relative
   motion and adaptive scale, generator), batch 1.
 * ``ours-animate`` -- animate's per-frame function (source cached), batch 1.
+
+``@ALLOCATOR`` starts that worker with a C allocator of
+:mod:`dagan_jax.allocator` (``jemalloc``, ``tcmalloc``, ``glibc-thp``,
+``auto``: what the ``dagan-jax`` command picks here); without it a worker
+runs with this process's (``system``), whichever contender it is.
 
 The official workers need a checkout of harlanhong/CVPR2022-DaGAN
 (``--official-dir``), ``torch`` and ``torchvision``; they run the official
@@ -48,6 +53,11 @@ import types
 from typing import Any, Sequence
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+if __package__ in (None, ""):
+  sys.path.insert(0, REPO)
+
+from dagan_jax import allocator  # noqa: E402  (no JAX import)
+
 KINDS = ("official-train", "ours-train", "official-animate", "ours-animate")
 
 
@@ -260,16 +270,20 @@ def worker_command(kind: str, arg: str | None, official_dir: str | None) -> list
 
 
 def alternate(commands: dict[str, Sequence[str]], rounds: int, *,
-              warmup: int = 1, log=print) -> dict[str, Any]:
+              warmup: int = 1, log=print,
+              envs: dict[str, dict[str, str]] | None = None) -> dict[str, Any]:
   """Starts every worker (one at a time, so no two build or compile at
-  once), warms each up, then runs ``rounds`` rounds of one step per worker,
-  the order reversed every other round. Returns per-worker times, medians
-  and, for every pair, the median of the per-round time ratios."""
+  once; ``envs[name]`` added to its environment), warms each up, then runs
+  ``rounds`` rounds of one step per worker, the order reversed every other
+  round. Returns per-worker times, medians and, for every pair, the median
+  of the per-round time ratios."""
   procs: dict[str, subprocess.Popen] = {}
+  envs = envs or {}
   try:
     for name, cmd in commands.items():
+      env = {**os.environ, **envs[name]} if envs.get(name) else None
       p = subprocess.Popen(list(cmd), stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                           text=True)
+                           text=True, env=env)
       procs[name] = p
       line = p.stdout.readline()
       while line and line.strip() != "ready":
@@ -339,21 +353,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     return 0
   if len(args.contenders) < 2:
     parser.error("give at least two contenders, e.g. off=official-train:50 ours=ours-train:50")
-  commands, contenders = {}, {}
+  commands, contenders, envs, allocators = {}, {}, {}, {}
   for spec in args.contenders:
     name, _, kind_spec = spec.partition("=")
     contenders[name] = kind_spec
+    kind_spec, _, alloc = kind_spec.partition("@")
     kind, _, arg = kind_spec.partition(":")
     if not name or not kind:
-      parser.error(f"contender {spec!r}: expected NAME=KIND[:ARG]")
+      parser.error(f"contender {spec!r}: expected NAME=KIND[:ARG][@ALLOCATOR]")
     try:
       commands[name] = worker_command(kind, arg or None, args.official_dir)
-    except ValueError as err:
-      parser.error(str(err))
-  result = alternate(commands, args.rounds)
+      allocators[name], envs[name] = allocator.allocator_env(choice=alloc or "system")
+    except ValueError as err:  # AllocatorError is one
+      parser.error(f"contender {spec!r}: {err}")
+  result = alternate(commands, args.rounds, envs=envs)
   result["contenders"] = contenders
+  result["allocators"] = allocators
   for name in result["median_s"]:
-    print(f"{name}: median {result['median_s'][name]:.3f} s, best {result['min_s'][name]:.3f} s")
+    print(f"{name}: median {result['median_s'][name]:.3f} s, best "
+          f"{result['min_s'][name]:.3f} s (allocator: {allocators[name]})")
   for pair, ratio in result["median_ratio"].items():
     print(f"{pair}: median per-round ratio {ratio:.3f}")
   if args.json:

@@ -20,6 +20,12 @@ Rows (each runs in its own subprocess, so that its peak RSS is its own):
 * ``input:MODEL:B``: records/s of the training input pipeline
   (:func:`dagan_jax.input.benchmark.measure_records_per_second` on the
   sample clips), next to what the training row of the same batch needs.
+* A fourth field picks a variant: ``ynn`` / ``eigenconv`` (XLA's CPU
+  library choice, below), ``bf16``, ``plain`` (inference without
+  ``fast_eval``), or ``jemalloc`` / ``tcmalloc`` / ``glibc-thp`` / ``system``:
+  the row's process runs with that C allocator (:mod:`dagan_jax.allocator`;
+  the other rows use ``--allocator``, default what the ``dagan-jax`` command
+  picks on this machine).
 * ``profile-inference:MODEL:B`` / ``profile-training:MODEL:B``: where the
   time goes (:mod:`benchmarks.breakdown`).
 
@@ -46,6 +52,7 @@ if __package__ in (None, ""):
   sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks import common  # noqa: E402
+from dagan_jax import allocator  # noqa: E402
 from dagan_jax import xla_options  # noqa: E402
 
 #: Models the rows refer to: config spec and a label for the tables.
@@ -81,6 +88,10 @@ VARIANT_COMPILER_OPTIONS = {
     "eigenconv": {"xla_cpu_experimental_ynn_fusion_type":
                   "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
 }
+
+#: Row variants that run the row's process with another C allocator
+#: (:mod:`dagan_jax.allocator`) than the rest of the run (``--allocator``).
+ALLOCATOR_VARIANTS = ("jemalloc", "tcmalloc", "glibc-thp", "system")
 
 FULL_ROWS = (
     ["peak"]
@@ -421,7 +432,10 @@ def run_worker(row: str, opts: dict[str, Any]) -> dict[str, Any]:
   """Runs one row in this process and returns its result dict."""
   parts = row.split(":")
   kind = parts[0]
-  out: dict[str, Any] = {"row": row, "kind": kind}
+  out: dict[str, Any] = {"row": row, "kind": kind,
+                         # the C allocator this row's process runs with
+                         "malloc_env": {k: os.environ[k] for k in allocator.ENV_VARS
+                                        if k in os.environ}}
   t = time.perf_counter()
   if kind == "peak":
     out.update(_peak_row(opts))
@@ -445,9 +459,10 @@ def run_worker(row: str, opts: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
-def run_row_subprocess(row: str, opts: dict[str, Any], timeout: float
-                       ) -> dict[str, Any]:
-  """``run_worker(row)`` in a fresh Python process (own RSS, own caches)."""
+def run_row_subprocess(row: str, opts: dict[str, Any], timeout: float,
+                       env: dict[str, str] | None = None) -> dict[str, Any]:
+  """``run_worker(row)`` in a fresh Python process (own RSS, own caches),
+  with ``env`` added to its environment (the C allocator's variables)."""
   with tempfile.TemporaryDirectory() as tmp:
     out_path = os.path.join(tmp, "row.json")
     cmd = [sys.executable, os.path.abspath(__file__), "--worker", row,
@@ -455,7 +470,8 @@ def run_row_subprocess(row: str, opts: dict[str, Any], timeout: float
     t = time.perf_counter()
     try:
       proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                            check=False, cwd=common.REPO)
+                            check=False, cwd=common.REPO,
+                            env={**os.environ, **env} if env else None)
     except subprocess.TimeoutExpired:
       return {"row": row, "kind": row.split(":")[0], "error":
               f"timed out after {timeout:.0f} s", "row_wall_s": timeout}
@@ -557,6 +573,7 @@ def markdown_report(report: dict[str, Any]) -> str:
       + (f"; XLA_FLAGS `{m['xla_flags']}`" if m.get("xla_flags") else "")
       + "".join(f"; {name} `{value}`"
                 for name, value in m.get("package_env", {}).items())
+      + (f"; C allocator: {m['allocator']}" if m.get("allocator") else "")
       + f". Load average at start: {m['loadavg'][0]:.1f} "
       f"(1 min; the machine is shared, see each row). Command: "
       f"`{report['command']}`.", ""]
@@ -706,6 +723,10 @@ def main(argv: list[str] | None = None) -> int:
                       help="run rows in this process (tests; RSS is shared)")
   parser.add_argument("--tiny", action="store_true",
                       help="small peak measurement and few calls (tests)")
+  parser.add_argument("--allocator", default=None, choices=allocator.CHOICES,
+                      help="C allocator of the row processes (default: "
+                           "$DAGAN_JAX_ALLOCATOR or auto, as the dagan-jax "
+                           "command; dagan_jax/allocator.py)")
   parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--opts", default="{}", help=argparse.SUPPRESS)
@@ -727,12 +748,19 @@ def main(argv: list[str] | None = None) -> int:
   if args.quick or args.tiny:
     opts.update({"min_calls": 2, "min_seconds": 2.0})
   timeout = args.timeout or (900 if args.quick else 7200)
+  try:
+    alloc_desc, alloc_env = allocator.allocator_env(choice=args.allocator)
+  except allocator.AllocatorError as e:
+    parser.error(str(e))
+  if args.in_process:  # rows share this process, started as it was
+    alloc_desc, alloc_env = "this process's", {}
   import jax  # pylint: disable=import-outside-toplevel,unused-import
   report: dict[str, Any] = {
       "command": "python benchmarks/run.py " + " ".join(
           a for a in (argv if argv is not None else sys.argv[1:])),
-      "machine": common.machine_info(), "official_reference": OFFICIAL_REFERENCE,
-      "results": []}
+      "machine": {**common.machine_info(), "allocator": alloc_desc,
+                  "allocator_env": alloc_env},
+      "official_reference": OFFICIAL_REFERENCE, "results": []}
   if args.append and args.json and os.path.exists(args.json):
     with open(args.json) as f:
       report["results"] = [r for r in json.load(f)["results"]
@@ -745,7 +773,16 @@ def main(argv: list[str] | None = None) -> int:
       except Exception as e:  # pylint: disable=broad-except
         result = {"row": row, "kind": row.split(":")[0], "error": repr(e)}
     else:
-      result = run_row_subprocess(row, opts, timeout)
+      row_desc, row_env = alloc_desc, alloc_env
+      variant = (row.split(":") + ["", "", "", ""])[3]
+      try:
+        if variant in ALLOCATOR_VARIANTS:
+          row_desc, row_env = allocator.allocator_env(choice=variant)
+      except allocator.AllocatorError as e:
+        result = {"row": row, "kind": row.split(":")[0], "error": str(e)}
+      else:
+        result = run_row_subprocess(row, opts, timeout, row_env)
+      result.setdefault("allocator", row_desc)
     report["results"].append(result)
     brief = {k: result.get(k) for k in ("frames_per_s", "s_per_step", "compile_s",
                                         "peak_f32_gflops_per_s", "skipped", "error")

@@ -57,3 +57,20 @@ def test_contender_specs_are_checked():
   assert cmd[-4:] == ["--worker", "ours-train", "--worker-arg", "50"]
   with pytest.raises(SystemExit):
     official_ab.main(["only=ours-train"])
+
+
+def test_alternate_starts_each_worker_with_its_environment(tmp_path):
+  script = tmp_path / "env.py"
+  script.write_text("import os, sys\nprint('ready', flush=True)\n"
+                    "for line in sys.stdin:\n  if line.strip() != 'step': break\n"
+                    "  print(os.environ.get('AB_SECS', '9'), '0', flush=True)\n")
+  cmd = [sys.executable, str(script)]
+  res = official_ab.alternate({"a": cmd, "b": cmd, "c": cmd}, rounds=2,
+                              log=lambda *_: None,
+                              envs={"a": {"AB_SECS": "2"}, "b": {"AB_SECS": "4"}})
+  assert res["median_s"] == {"a": 2.0, "b": 4.0, "c": 9.0}
+
+
+def test_contender_allocators_are_checked():
+  with pytest.raises(SystemExit):
+    official_ab.main(["a=ours-train:50@bogus", "b=ours-train:50"])

@@ -94,3 +94,20 @@ def test_hlo_flops_of_a_conv_and_its_gradients(stride, groups):
   grad = jax.jit(jax.grad(lambda x, k: jnp.sum(conv(x, k) ** 2), (0, 1)))
   counted = hlo_flops.matmul_flops(grad.lower(x, k).compile().as_text())["flops"]
   assert counted == pytest.approx(3 * fwd)
+
+
+def test_rows_run_with_the_chosen_allocator(tmp_path):
+  from dagan_jax import allocator
+  try:
+    _, variables = allocator.allocator_env({}, "glibc-thp")
+  except allocator.AllocatorError:
+    pytest.skip("no glibc huge-page route on this machine")
+  out = tmp_path / "r.json"
+  assert run.main(["--tiny", "--rows", "peak", "--allocator", "glibc-thp",
+                   "--json", str(out)]) == 0
+  report = json.loads(out.read_text())
+  assert report["machine"]["allocator"].startswith("glibc with transparent huge pages")
+  (row,) = report["results"]
+  assert "error" not in row
+  assert row["malloc_env"]["GLIBC_TUNABLES"].startswith(variables["GLIBC_TUNABLES"])
+  assert "C allocator: glibc with transparent huge pages" in run.markdown_report(report)

@@ -1,0 +1,219 @@
+"""The C allocator that compiled steps run with on CPU hosts.
+
+XLA:CPU allocates a compiled program's buffers at every execution: the
+temporaries of DaGAN's 256x256 training step at batch 2 are one 1.7 GB
+block, and Eigen's convolutions ask for packing buffers of 60-300 MB each
+(about 7 GB in 80 requests per step). glibc's ``malloc`` serves requests of
+more than 64 MB from XLA's worker threads with a fresh ``mmap`` and returns
+them with ``munmap``, so every step faults its working set in again: about
+410k page faults and 3 s of system time per step on the 2-core development
+machine (BENCHMARKS.md, eighth round). An allocator that keeps freed memory
+mapped avoids that:
+
+* ``jemalloc`` with page purging off (``MALLOC_CONF=dirty_decay_ms:-1,
+  muzzy_decay_ms:-1``): no page faults in the steady state, and the training
+  step at batch 2 went 11.9 -> 9.9 s in a same-time A/B (the official
+  PyTorch step gains as much from it: 15.9 -> 11.9 s);
+* ``tcmalloc`` (gperftools), preloaded the same way with
+  ``TCMALLOC_RELEASE_RATE=0``: the same (9.7-10.1 s per step);
+* glibc's transparent huge pages for its ``mmap``-ed chunks
+  (``GLIBC_TUNABLES=glibc.malloc.hugetlb=1``, glibc 2.35 or newer, kernel
+  THP mode ``madvise`` or ``always``): 500x fewer faults, but every page is
+  still zeroed at every step; 11.25 -> 11.13 s, within the noise, so it is
+  only used when asked for.
+
+An allocator can only be chosen before a process starts, so the
+``dagan-jax`` command re-executes itself once with the chosen environment
+(:func:`reexec_with_allocator`) before it imports JAX. ``DAGAN_JAX_ALLOCATOR``
+picks: ``auto`` (default: jemalloc, else tcmalloc, else glibc's ``malloc``
+as it is), ``jemalloc``, ``tcmalloc``, ``glibc-thp``, or ``system`` (leave
+the process as started). A library that is already preloaded, or glibc tunables already
+set for ``malloc``, are left alone. ``DAGAN_JAX_MALLOC_LIB`` names the
+jemalloc or tcmalloc shared library where it is not in a standard place
+(``apt install libjemalloc2``, ``conda install jemalloc``).
+"""
+
+from __future__ import annotations
+
+import ctypes.util
+import os
+import sys
+from typing import Mapping, Sequence
+
+#: Environment variable choosing the allocator (see the module doc).
+ENV = "DAGAN_JAX_ALLOCATOR"
+#: Environment variable naming a jemalloc / tcmalloc library to preload.
+LIB_ENV = "DAGAN_JAX_MALLOC_LIB"
+#: Set in the re-executed process (to the choice made), so it is done once.
+APPLIED_ENV = "DAGAN_JAX_ALLOCATOR_APPLIED"
+
+CHOICES = ("auto", "jemalloc", "tcmalloc", "glibc-thp", "system")
+
+#: The process environment variables that decide the C allocator.
+ENV_VARS = ("LD_PRELOAD", "MALLOC_CONF", "TCMALLOC_RELEASE_RATE", "GLIBC_TUNABLES")
+
+_SONAMES = {"jemalloc": ("libjemalloc.so.2", "libjemalloc.so"),
+            "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4",
+                         "libtcmalloc_minimal.so", "libtcmalloc.so")}
+_DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64",
+         "/usr/lib", "/usr/local/lib", "/opt/homebrew/lib")
+_THP = "/sys/kernel/mm/transparent_hugepage/enabled"
+
+
+class AllocatorError(ValueError):
+  """A bad ``DAGAN_JAX_ALLOCATOR`` / ``DAGAN_JAX_MALLOC_LIB`` setting."""
+
+
+def _kind_of(path: str) -> str | None:
+  name = os.path.basename(path)
+  for kind in _SONAMES:
+    if name.startswith("lib" + kind):
+      return kind
+  return None
+
+
+def find_library(kind: str, environ: Mapping[str, str] | None = None,
+                 dirs: Sequence[str] | None = None) -> str | None:
+  """The path of a ``kind`` ('jemalloc' or 'tcmalloc') shared library, or
+  None: ``DAGAN_JAX_MALLOC_LIB`` when it names one of that kind, else the
+  first of its usual names in the Python prefix's ``lib`` (conda), the
+  system's library directories, or the linker's cache."""
+  environ = os.environ if environ is None else environ
+  explicit = environ.get(LIB_ENV)
+  if explicit:
+    if not os.path.isfile(explicit):
+      raise AllocatorError(f"{LIB_ENV}={explicit!r}: no such file")
+    if _kind_of(explicit) is None:
+      raise AllocatorError(f"{LIB_ENV}={explicit!r}: not a jemalloc or tcmalloc "
+                           "library (libjemalloc*.so*, libtcmalloc*.so*)")
+    return explicit if _kind_of(explicit) == kind else None
+  search = list(dirs) if dirs is not None else [os.path.join(sys.prefix, "lib"), *_DIRS]
+  for soname in _SONAMES[kind]:
+    for d in search:
+      path = os.path.join(d, soname)
+      if os.path.isfile(path):
+        return path
+  if dirs is None:
+    name = ctypes.util.find_library(kind) or ctypes.util.find_library(
+        kind + "_minimal")
+    if name:
+      for d in search:
+        if os.path.isfile(os.path.join(d, name)):
+          return os.path.join(d, name)
+  return None
+
+
+def glibc_version() -> tuple[int, int] | None:
+  """glibc's (major, minor), or None on another C library."""
+  try:
+    text = os.confstr("CS_GNU_LIBC_VERSION") or ""
+  except (ValueError, OSError, AttributeError):
+    return None
+  parts = text.split()
+  if len(parts) != 2 or parts[0] != "glibc":
+    return None
+  try:
+    major, minor = (int(v) for v in parts[1].split(".")[:2])
+  except ValueError:
+    return None
+  return major, minor
+
+
+def thp_mode(path: str = _THP) -> str | None:
+  """The kernel's transparent-huge-page mode ('always', 'madvise', 'never')."""
+  try:
+    with open(path) as f:
+      text = f.read()
+  except OSError:
+    return None
+  start, end = text.find("["), text.find("]")
+  return text[start + 1:end] if 0 <= start < end else None
+
+
+def _already_set(environ: Mapping[str, str]) -> str | None:
+  """What the user already chose for the allocator, if anything."""
+  for entry in environ.get("LD_PRELOAD", "").replace(":", " ").split():
+    if _kind_of(entry) or "malloc" in os.path.basename(entry):
+      return f"LD_PRELOAD={entry}"
+  if "glibc.malloc." in environ.get("GLIBC_TUNABLES", ""):
+    return f"GLIBC_TUNABLES={environ['GLIBC_TUNABLES']}"
+  return None
+
+
+def allocator_env(environ: Mapping[str, str] | None = None, choice: str | None = None,
+                  *, glibc: tuple[int, int] | None | str = "detect",
+                  thp: str | None = "detect",
+                  dirs: Sequence[str] | None = None) -> tuple[str, dict[str, str]]:
+  """``(description, variables)``: what to add to ``environ`` for the chosen
+  allocator (``choice``, default ``$DAGAN_JAX_ALLOCATOR`` or 'auto').
+  ``variables`` is empty when nothing is to change. ``glibc``, ``thp`` and
+  ``dirs`` replace what is detected on this machine (for tests).
+
+  Raises:
+    AllocatorError: an unknown choice, or a named allocator that cannot be
+      had here.
+  """
+  environ = os.environ if environ is None else environ
+  choice = (choice or environ.get(ENV) or "auto").strip().lower()
+  if choice not in CHOICES:
+    raise AllocatorError(f"{ENV}={choice!r}: expected one of {', '.join(CHOICES)}")
+  if choice == "system":
+    return "system (as started)", {}
+  if choice == "auto":
+    user = _already_set(environ)
+    if user:
+      return f"as set ({user})", {}
+  glibc = glibc_version() if glibc == "detect" else glibc
+  thp = thp_mode() if thp == "detect" else thp
+  for kind in ("jemalloc", "tcmalloc"):
+    if choice not in ("auto", kind):
+      continue
+    path = find_library(kind, environ, dirs)
+    if path is None:
+      if choice == kind:
+        raise AllocatorError(f"{ENV}={kind}: no {kind} library found; install it "
+                             f"(e.g. apt install lib{kind}...) or name it with {LIB_ENV}")
+      continue
+    preload = " ".join(p for p in (path, environ.get("LD_PRELOAD", "")) if p)
+    out = {"LD_PRELOAD": preload}
+    if kind == "jemalloc" and "MALLOC_CONF" not in environ:
+      out["MALLOC_CONF"] = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
+    if kind == "tcmalloc" and "TCMALLOC_RELEASE_RATE" not in environ:
+      out["TCMALLOC_RELEASE_RATE"] = "0"
+    return f"{kind} ({path})", out
+  if choice == "auto":
+    return "system (no jemalloc or tcmalloc found)", {}
+  # glibc's transparent huge pages for mmap-ed chunks, when asked for.
+  usable = glibc is not None and glibc >= (2, 35) and thp in ("madvise", "always")
+  if not usable:
+    raise AllocatorError(
+          f"{ENV}=glibc-thp needs glibc 2.35 or newer (here: "
+          f"{'%d.%d' % glibc if glibc else 'not glibc'}) and transparent huge "
+          f"pages in 'madvise' or 'always' mode (here: {thp or 'unknown'})")
+  tunables = environ.get("GLIBC_TUNABLES", "")
+  tunables = "glibc.malloc.hugetlb=1" + (":" + tunables if tunables else "")
+  return "glibc with transparent huge pages (glibc.malloc.hugetlb=1)", {
+      "GLIBC_TUNABLES": tunables}
+
+
+def reexec_with_allocator(log=None) -> None:
+  """Re-executes this process (same interpreter, same arguments) with the
+  allocator's environment, once; returns when there is nothing to change
+  (already applied, ``system``, not Linux). Call it before importing JAX.
+
+  Raises:
+    AllocatorError: a bad setting (see :func:`allocator_env`).
+  """
+  if sys.platform != "linux" or os.environ.get(APPLIED_ENV):
+    return
+  description, variables = allocator_env()
+  if not variables:
+    return
+  env = dict(os.environ)
+  env.update(variables)
+  env[APPLIED_ENV] = description
+  if log is not None:
+    log(f"dagan-jax: C allocator: {description} (set {ENV}=system to keep "
+        "the default)")
+  argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
+  os.execve(sys.executable, [sys.executable, *argv[1:]], env)

@@ -1,0 +1,166 @@
+"""The C allocator choice (dagan_jax/allocator.py) and the CLI's re-exec."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from dagan_jax import allocator as al
+
+GLIBC = (2, 36)
+
+
+def _env(tmp_path, **kw):
+  """allocator_env on a fake machine: libraries only in tmp_path/lib."""
+  lib = tmp_path / "lib"
+  lib.mkdir(exist_ok=True)
+  environ = kw.pop("environ", {})
+  return al.allocator_env(environ, kw.pop("choice", None), glibc=kw.pop("glibc", GLIBC),
+                          thp=kw.pop("thp", "madvise"), dirs=[str(lib)])
+
+
+def _fake_lib(tmp_path, name):
+  lib = tmp_path / "lib"
+  lib.mkdir(exist_ok=True)
+  (lib / name).write_bytes(b"\x7fELF")
+  return str(lib / name)
+
+
+def test_auto_prefers_jemalloc_and_turns_purging_off(tmp_path):
+  _fake_lib(tmp_path, "libtcmalloc_minimal.so.4")
+  path = _fake_lib(tmp_path, "libjemalloc.so.2")
+  desc, env = _env(tmp_path)
+  assert desc.startswith("jemalloc") and path in desc
+  assert env == {"LD_PRELOAD": path, "MALLOC_CONF": "dirty_decay_ms:-1,muzzy_decay_ms:-1"}
+  # The user's own jemalloc settings and other preloads are kept.
+  _, env = _env(tmp_path, environ={"MALLOC_CONF": "narenas:2", "LD_PRELOAD": "/x/libfoo.so"})
+  assert env == {"LD_PRELOAD": f"{path} /x/libfoo.so"}
+
+
+def test_auto_falls_back_to_tcmalloc_then_leaves_glibc_alone(tmp_path):
+  path = _fake_lib(tmp_path, "libtcmalloc_minimal.so.4")
+  desc, env = _env(tmp_path)
+  assert desc.startswith("tcmalloc")
+  assert env == {"LD_PRELOAD": path, "TCMALLOC_RELEASE_RATE": "0"}
+  os.remove(path)
+  desc, env = _env(tmp_path)
+  assert env == {} and desc == "system (no jemalloc or tcmalloc found)"
+
+
+def test_glibc_huge_pages_when_asked_for(tmp_path):
+  desc, env = _env(tmp_path, choice="glibc-thp",
+                   environ={"GLIBC_TUNABLES": "glibc.cpu.hwcaps=-AVX2"})
+  assert "huge pages" in desc
+  assert env == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1:glibc.cpu.hwcaps=-AVX2"}
+  # Too old a glibc, another C library, or THP off: a clear error.
+  for glibc, thp in (((2, 31), "madvise"), (None, "always"), (GLIBC, "never"), (GLIBC, None)):
+    with pytest.raises(al.AllocatorError, match="glibc-thp needs glibc 2.35"):
+      _env(tmp_path, choice="glibc-thp", glibc=glibc, thp=thp)
+
+
+def test_user_choices_are_respected(tmp_path):
+  _fake_lib(tmp_path, "libjemalloc.so.2")
+  for environ in ({"LD_PRELOAD": "/usr/lib/libtcmalloc.so.4"},
+                  {"LD_PRELOAD": "/opt/mimalloc/libmimalloc.so"},
+                  {"GLIBC_TUNABLES": "glibc.malloc.arena_max=2"}):
+    desc, env = _env(tmp_path, environ=environ)
+    assert env == {} and desc.startswith("as set")
+  assert _env(tmp_path, choice="system") == ("system (as started)", {})
+  assert _env(tmp_path, environ={al.ENV: "SYSTEM"})[1] == {}
+  # An explicit choice overrides what is found first.
+  desc, env = _env(tmp_path, choice="glibc-thp")
+  assert env == {"GLIBC_TUNABLES": "glibc.malloc.hugetlb=1"}
+
+
+def test_bad_settings_name_the_variable(tmp_path):
+  with pytest.raises(al.AllocatorError, match="DAGAN_JAX_ALLOCATOR='bogus'"):
+    _env(tmp_path, environ={al.ENV: "bogus"})
+  with pytest.raises(al.AllocatorError, match="no jemalloc library found.*DAGAN_JAX_MALLOC_LIB"):
+    _env(tmp_path, choice="jemalloc")
+  with pytest.raises(al.AllocatorError, match="glibc 2.35 or newer.*here: 2.31"):
+    _env(tmp_path, choice="glibc-thp", glibc=(2, 31))
+  with pytest.raises(al.AllocatorError, match="'madvise' or 'always'.*here: never"):
+    _env(tmp_path, choice="glibc-thp", thp="never")
+  with pytest.raises(al.AllocatorError, match="DAGAN_JAX_MALLOC_LIB=.*no such file"):
+    _env(tmp_path, environ={al.LIB_ENV: str(tmp_path / "nope.so")})
+  other = _fake_lib(tmp_path, "libz.so.1")
+  with pytest.raises(al.AllocatorError, match="not a jemalloc or tcmalloc"):
+    _env(tmp_path, environ={al.LIB_ENV: other})
+
+
+def test_named_library_wins(tmp_path):
+  elsewhere = tmp_path / "elsewhere"
+  elsewhere.mkdir()
+  (elsewhere / "libjemalloc.so.2").write_bytes(b"\x7fELF")
+  desc, env = _env(tmp_path, environ={al.LIB_ENV: str(elsewhere / "libjemalloc.so.2")})
+  assert env["LD_PRELOAD"] == str(elsewhere / "libjemalloc.so.2")
+  # A named tcmalloc is used even where a jemalloc would be found.
+  _fake_lib(tmp_path, "libjemalloc.so.2")
+  (elsewhere / "libtcmalloc.so.4").write_bytes(b"\x7fELF")
+  desc, env = _env(tmp_path, environ={al.LIB_ENV: str(elsewhere / "libtcmalloc.so.4")})
+  assert desc.startswith("tcmalloc") and env["LD_PRELOAD"].endswith("elsewhere/libtcmalloc.so.4")
+
+
+def test_thp_mode_and_glibc_version(tmp_path):
+  f = tmp_path / "enabled"
+  f.write_text("always [madvise] never\n")
+  assert al.thp_mode(str(f)) == "madvise"
+  f.write_text("[always] madvise never\n")
+  assert al.thp_mode(str(f)) == "always"
+  assert al.thp_mode(str(tmp_path / "missing")) is None
+  version = al.glibc_version()
+  if sys.platform == "linux" and version is not None:
+    assert version >= (2, 17)
+
+
+_PROBE = textwrap.dedent("""
+    import os, sys
+    sys.path.insert(0, {repo!r})
+    from dagan_jax import allocator
+    print("run", os.environ.get(allocator.APPLIED_ENV, "-"),
+          os.environ.get("GLIBC_TUNABLES", "-"), " ".join(sys.argv[1:]), flush=True)
+    allocator.reexec_with_allocator(log=lambda m: print("log", m, flush=True))
+    print("returned", flush=True)
+""")
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="re-exec with an allocator is Linux-only")
+def test_reexec_runs_the_same_command_once_with_the_allocator(tmp_path):
+  try:
+    al.allocator_env({}, "glibc-thp")
+  except al.AllocatorError:
+    pytest.skip("this machine has no glibc huge-page route to exercise")
+  script = tmp_path / "probe.py"
+  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  script.write_text(_PROBE.format(repo=repo))
+  env = {k: v for k, v in os.environ.items()
+         if k not in ("LD_PRELOAD", "GLIBC_TUNABLES", al.APPLIED_ENV)}
+  env[al.ENV] = "glibc-thp"
+  out = subprocess.run([sys.executable, str(script), "a", "--b"], env=env, text=True,
+                       capture_output=True, check=True, timeout=60).stdout.splitlines()
+  assert out[0] == "run - - a --b"
+  assert out[1].startswith("log dagan-jax: C allocator: glibc with transparent huge pages")
+  # The second process has the tunable and the same arguments, and does not
+  # re-execute again.
+  assert out[2].startswith("run glibc with transparent huge pages")
+  assert out[2].endswith("glibc.malloc.hugetlb=1 a --b")
+  assert out[3:] == ["returned"]
+  env[al.ENV] = "system"
+  out = subprocess.run([sys.executable, str(script)], env=env, text=True,
+                       capture_output=True, check=True, timeout=60).stdout.splitlines()
+  assert out == ["run - - ", "returned"]
+
+
+def test_cli_reports_a_bad_allocator_setting():
+  env = dict(os.environ, **{al.ENV: "bogus"})
+  env.pop(al.APPLIED_ENV, None)
+  proc = subprocess.run([sys.executable, "-m", "dagan_jax.cli", "train", "--config", "x.py"],
+                        env=env, text=True, capture_output=True, timeout=120)
+  assert proc.returncode == 2
+  assert "dagan-jax train: error: DAGAN_JAX_ALLOCATOR='bogus'" in proc.stderr
+  # --help neither re-executes nor checks the setting.
+  proc = subprocess.run([sys.executable, "-m", "dagan_jax.cli", "train", "--help"],
+                        env=env, text=True, capture_output=True, timeout=120)
+  assert proc.returncode == 0 and "allocator" not in proc.stderr
