@@ -11,9 +11,10 @@ machine (BENCHMARKS.md, eighth round). An allocator that keeps freed memory
 mapped avoids that:
 
 * ``jemalloc`` with page purging off (``MALLOC_CONF=dirty_decay_ms:-1,
-  muzzy_decay_ms:-1``): no page faults in the steady state, and the training
-  step at batch 2 went 11.9 -> 9.9 s in a same-time A/B (the official
-  PyTorch step gains as much from it: 15.9 -> 11.9 s);
+  muzzy_decay_ms:-1``): no page faults in the steady state; the training
+  step at batch 2 went 11.9 -> 9.9 s and 12.5 -> 10.9 s in two same-time
+  A/B runs (the official PyTorch step gains more from it: 15.9 -> 11.9 s and
+  16.5 -> 11.8 s);
 * ``tcmalloc`` (gperftools), preloaded the same way with
   ``TCMALLOC_RELEASE_RATE=0``: the same (9.7-10.1 s per step);
 * glibc's transparent huge pages for its ``mmap``-ed chunks
