@@ -218,3 +218,18 @@ def reexec_with_allocator(log=None) -> None:
         "the default)")
   argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
   os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+
+
+def status_line(environ: Mapping[str, str] | None = None) -> str:
+  """One line saying which C allocator this process runs with (for logs),
+  with a hint where it is glibc's ``malloc`` left as it is."""
+  environ = os.environ if environ is None else environ
+  applied = environ.get(APPLIED_ENV)
+  if applied:
+    return f"C allocator: {applied}"
+  user = _already_set(environ)
+  if user:
+    return f"C allocator: as set ({user})"
+  return ("C allocator: the C library's malloc; on CPU hosts jemalloc or tcmalloc "
+          "makes steps faster (apt install libjemalloc2; the dagan-jax command "
+          f"then preloads it; see {ENV})")

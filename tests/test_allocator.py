@@ -164,3 +164,12 @@ def test_cli_reports_a_bad_allocator_setting():
   proc = subprocess.run([sys.executable, "-m", "dagan_jax.cli", "train", "--help"],
                         env=env, text=True, capture_output=True, timeout=120)
   assert proc.returncode == 0 and "allocator" not in proc.stderr
+
+
+def test_status_line():
+  assert al.status_line({al.APPLIED_ENV: "jemalloc (/x/libjemalloc.so.2)"}) == (
+      "C allocator: jemalloc (/x/libjemalloc.so.2)")
+  assert al.status_line({"LD_PRELOAD": "/x/libtcmalloc.so.4"}) == (
+      "C allocator: as set (LD_PRELOAD=/x/libtcmalloc.so.4)")
+  line = al.status_line({})
+  assert "malloc" in line and "jemalloc" in line and al.ENV in line

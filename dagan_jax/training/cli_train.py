@@ -55,6 +55,10 @@ def run(args: argparse.Namespace) -> int:
   from dagan_jax.training import parallel  # pylint: disable=import-outside-toplevel
   parallel.initialize_distributed(args.coordinator, args.num_processes,
                                   args.process_id)
+  import jax  # pylint: disable=import-outside-toplevel
+  if jax.default_backend() == "cpu":
+    from dagan_jax import allocator  # pylint: disable=import-outside-toplevel
+    logging.getLogger(__name__).info("%s", allocator.status_line())
   cfg = config_lib.load_config(args.config, args.extra_args)
   if cfg.get("trainer", "talking_head") == "depth":
     from dagan_jax.training import depth as trainer  # pylint: disable=import-outside-toplevel
