@@ -33,6 +33,10 @@ XLA's older LLVM IR emitters, which compile faster: the toy training step
 compiles in 8 s instead of 15 at -O0 and runs as fast (0.26 vs 0.28 s); at
 the default level it compiles in 20 s instead of 24 but runs slower (0.18
 vs 0.15 s), so it is a setting for the test suite, like the level above.
+
+``DAGAN_JAX_WINOGRAD`` (:func:`winograd_convs`) is not a compile option
+but a choice of program made while tracing: wide 3x3 convolutions as
+Winograd F(2x2, 3x3) matmuls, on by default with the CPU backend.
 """
 
 from __future__ import annotations
@@ -57,8 +61,13 @@ OPT_LEVEL_ENV = "DAGAN_JAX_CPU_OPT_LEVEL"
 #: Environment variable switching XLA:CPU's fusion emitters off (0) or on (1).
 FUSION_EMITTERS_ENV = "DAGAN_JAX_CPU_FUSION_EMITTERS"
 
-#: Every environment variable :func:`compiler_options` reads.
-ENV_VARS = (ENV, OPT_LEVEL_ENV, FUSION_EMITTERS_ENV)
+#: Environment variable for the Winograd route of wide 3x3 convolutions
+#: (:func:`winograd_convs`): unset or 'auto' (on with the CPU backend), '1'
+#: (on with every backend), '0' (off).
+WINOGRAD_ENV = "DAGAN_JAX_WINOGRAD"
+
+#: Every environment variable this module reads.
+ENV_VARS = (ENV, OPT_LEVEL_ENV, FUSION_EMITTERS_ENV, WINOGRAD_ENV)
 
 _CPU_OPTIONS = {
     "eigen": {"xla_cpu_experimental_ynn_fusion_type": ""},
@@ -102,6 +111,25 @@ def _env_choice(name: str, allowed: tuple[str, ...], expected: str) -> str:
     raise ValueError(f"{name}={value!r}: expected {expected}, or unset for "
                      "XLA's default")
   return value
+
+
+def winograd_convs(backend: str | None = None) -> bool:
+  """Whether :func:`dagan_jax.models.layers.conv2d` runs wide 3x3 float32
+  convolutions as Winograd F(2x2, 3x3) (:mod:`dagan_jax.ops.winograd`).
+
+  An XLA:CPU measure (16 matmuls in place of XLA's convolution and its
+  gradients), so by default only on the CPU backend; accelerators keep
+  their own convolution kernels. ``DAGAN_JAX_WINOGRAD=0`` switches it off,
+  ``=1`` on for every backend. Read when a function is traced.
+
+  Raises:
+    ValueError: ``DAGAN_JAX_WINOGRAD`` is not 'auto', 0 or 1.
+  """
+  value = _env_choice(WINOGRAD_ENV, ("auto", "0", "1"),
+                      "auto (on with the CPU backend), 0 (off) or 1 (on)")
+  if value in ("", "auto"):
+    return (backend or jax.default_backend()) == "cpu"
+  return value == "1"
 
 
 def jit(fn, **kwargs):

@@ -46,7 +46,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from dagan_jax.ops import reductions
+from dagan_jax import xla_options
+from dagan_jax.ops import reductions, winograd
 from dagan_jax.ops.conv_common import output_size
 from dagan_jax.ops.im2col_conv import conv_im2col
 from dagan_jax.ops.narrow_conv import conv_narrow_out
@@ -161,6 +162,28 @@ def _dw_tiles(x: Array, kernel: Array, padding: tuple[int, int]) -> int:
   return 2 if ok else 0
 
 
+#: Winograd F(2x2, 3x3) (:func:`dagan_jax.ops.winograd.conv3x3_f23`) runs a
+#: 3x3, stride-1, padding-1 float32 conv when both channel counts are at
+#: least ``WINOGRAD_MIN_CHANNELS`` and the output has at least
+#: ``WINOGRAD_MIN_PIXELS`` pixels per image, on the CPU backend
+#: (:func:`dagan_jax.xla_options.winograd_convs`). Forward + both gradients
+#: at batch 2 on the project's CPU (C allocator keeping freed memory), XLA's
+#: convolution -> Winograd: 256 -> 256 on 64x64 261 -> 137 ms, 512 -> 512
+#: on 32x32 289 -> 197, on 8x8 29 -> 24, 128 -> 128 on 128x128 290 -> 175,
+#: 64 -> 64 on 256x256 346 -> 276 (forward alone even), 64 -> 64 on 64x64
+#: 40 -> 20; on 4x4 maps (15.8 vs 15.3 ms) it gains nothing.
+WINOGRAD_MIN_CHANNELS = 64
+WINOGRAD_MIN_PIXELS = 64
+
+
+def _use_winograd(x: Array, kernel: Array, padding: tuple[int, int]) -> bool:
+  return (kernel.shape[:2] == (3, 3) and padding == (1, 1)
+          and x.dtype == jnp.float32
+          and min(kernel.shape[2], kernel.shape[3]) >= WINOGRAD_MIN_CHANNELS
+          and x.shape[1] * x.shape[2] >= WINOGRAD_MIN_PIXELS
+          and xla_options.winograd_convs())
+
+
 def conv2d(x: Array, kernel: Array, bias: Array | None = None, *,
            stride: IntPair = 1, padding: IntPair = 0, dilation: IntPair = 1,
            groups: int = 1, precision: Any = None) -> Array:
@@ -173,8 +196,11 @@ def conv2d(x: Array, kernel: Array, bias: Array | None = None, *,
   weight gradient is a matmul, 3-25x faster on XLA:CPU). Wide kernels on
   tiny maps (``_use_im2col``) run as
   :func:`dagan_jax.ops.im2col_conv.conv_im2col` (matmuls over the patch
-  matrix: no transposed copy of the kernel in the input gradient). Other
-  stride-1 convs on small batches (``_dw_tiles``) run as
+  matrix: no transposed copy of the kernel in the input gradient). Wide
+  3x3 "same" convs (``_use_winograd``; CPU, float32) run as Winograd
+  F(2x2, 3x3), :func:`dagan_jax.ops.winograd.conv3x3_f23` (2.25x fewer
+  multiply-adds forward and backward). Other stride-1 convs on small
+  batches (``_dw_tiles``) run as
   :func:`dagan_jax.ops.tiled_dw_conv.conv_tiled_dw`: XLA's convolution
   forward, its weight gradient over 2x2 tiles of each image.
   """
@@ -188,6 +214,8 @@ def conv2d(x: Array, kernel: Array, bias: Array | None = None, *,
       return add_bias(conv_narrow_out(x, k, (ph, pw), precision), bias)
     if _use_im2col(x, kernel, (ph, pw)):
       return add_bias(conv_im2col(x, k, (ph, pw), precision), bias)
+    if _use_winograd(x, kernel, (ph, pw)):
+      return add_bias(winograd.conv3x3_f23(x, k, precision=precision), bias)
     tiles = _dw_tiles(x, kernel, (ph, pw))
     if tiles:
       return add_bias(conv_tiled_dw(x, k, (ph, pw), tiles, precision), bias)
@@ -527,25 +555,6 @@ def _simple_3x3(conv: Conv2d) -> bool:
           and conv.groups == 1 and conv.padding_mode == "zeros")
 
 
-#: Winograd F(2x2, 3x3) (:func:`dagan_jax.ops.winograd.conv3x3_winograd`)
-#: replaces a 3x3 conv in ``fast_eval`` when both channel counts are at
-#: least this and the output has at least ``WINOGRAD_MIN_PIXELS`` pixels
-#: per image (XLA:CPU, measured by ``benchmarks/run.py --convs``: the
-#: batched matmuls win once they are wide and tall enough).
-WINOGRAD_MIN_CHANNELS = 128
-WINOGRAD_MIN_PIXELS = 256
-#: Output tile of the Winograd transform (2: F(2x2, 3x3), 2.25x fewer
-#: multiplies, rounding like the direct conv; 4 is faster but ~10x less
-#: accurate, see :mod:`dagan_jax.ops.winograd`).
-WINOGRAD_TILE = 2
-
-
-def _use_winograd(conv: "Conv2d", x: Array, cout: int) -> bool:
-  return (_simple_3x3(conv) and x.shape[-1] >= WINOGRAD_MIN_CHANNELS
-          and cout >= WINOGRAD_MIN_CHANNELS
-          and x.shape[1] * x.shape[2] >= WINOGRAD_MIN_PIXELS)
-
-
 def _fast(module: nn.Module, norm: "BatchNorm | None") -> bool:
   """Whether ``module``'s eval-mode fast paths apply now (eval, not init)."""
   override = norm.use_running_average if norm is not None else None
@@ -564,17 +573,15 @@ def conv_bn(module: nn.Module, x: Array, conv: Conv2d, norm: "BatchNorm | None",
   * ``upsample`` with a 3x3 / padding 1 conv on an input of at least
     ``PHASE_MIN_PIXELS`` pixels: nearest x2 + conv as
     :func:`upsample2_conv3x3` (2-5x faster on XLA:CPU);
-  * a 3x3 / padding 1 conv (no upsampling) with at least
-    ``WINOGRAD_MIN_CHANNELS`` channels in and out on at least
-    ``WINOGRAD_MIN_PIXELS`` pixels: Winograd F(2x2, 3x3)
-    (:func:`dagan_jax.ops.winograd.conv3x3_winograd`);
   * the BatchNorm is folded into the conv (:func:`fold_batchnorm`) when the
     conv output has at least as many pixels as the kernel has taps per
     output channel (``B*H*W >= kh*kw*Cin``): scaling the kernel then costs
     less than the separate normalisation pass over the activations.
 
   Same variables, same result up to float rounding; ``fast_eval=False``
-  takes the plain path in eval mode.
+  takes the plain path in eval mode. (The convolution itself goes through
+  :func:`conv2d` in every mode, with its routes: Winograd F(2x2, 3x3) for
+  wide 3x3 convs among them.)
 
   In training mode (any ``fast_eval``) the upsampling + conv takes the phase
   form under the same conditions (the conv's output, hence the batch
@@ -619,10 +626,6 @@ def conv_bn(module: nn.Module, x: Array, conv: Conv2d, norm: "BatchNorm | None",
       post = norm
   if phase:
     y = upsample2_conv3x3(x, kernel, bias, conv.precision)
-  elif _use_winograd(conv, x, cout):
-    from dagan_jax.ops.winograd import conv3x3_winograd  # pylint: disable=import-outside-toplevel
-    y = conv3x3_winograd(x, kernel, bias, m=WINOGRAD_TILE,
-                         precision=conv.precision)
   else:
     padding = conv.padding
     if conv.padding_mode == "reflect":

@@ -39,24 +39,50 @@ def test_resblock_fast_eval_equals_plain(channels, size):
                                   sf["batch_stats"][n]["var"])
 
 
-def test_resblock_fast_eval_uses_winograd_when_wide(monkeypatch):
-  """The policy: Winograd only from WINOGRAD_MIN_CHANNELS / _PIXELS up."""
+def test_conv2d_routes_wide_3x3_convs_to_winograd(monkeypatch):
+  """The policy: Winograd for 3x3 / padding-1 / stride-1 float32 convs from
+  WINOGRAD_MIN_CHANNELS channels in and out and WINOGRAD_MIN_PIXELS pixels,
+  on the CPU backend unless DAGAN_JAX_WINOGRAD=0; in training and in eval
+  mode alike (a ResBlock's two convs)."""
+  from dagan_jax import xla_options
   from dagan_jax.ops import winograd
   calls = []
-  real = winograd.conv3x3_winograd
+  real = winograd.conv3x3_f23
 
   def spy(*a, **k):
     calls.append(a[0].shape)
     return real(*a, **k)
 
-  monkeypatch.setattr(winograd, "conv3x3_winograd", spy)
-  block = layers.ResBlock2d(3, 1, fast_eval=True)
-  for c, s, expect in ((128, 16, 2), (64, 16, 0), (128, 8, 0)):
-    calls.clear()
+  monkeypatch.setattr(winograd, "conv3x3_f23", spy)
+  monkeypatch.delenv(xla_options.WINOGRAD_ENV, raising=False)
+  block = layers.ResBlock2d(3, 1)
+  for c, s, expect in ((64, 8, 2), (32, 16, 0), (128, 4, 0)):
     x = jnp.ones((1, s, s, c))
     v = block.init(jax.random.key(0), x)
-    block.apply(v, x)
-    assert len(calls) == expect, (c, s, calls)
+    for mutable in ([], ["batch_stats"]):
+      calls.clear()
+      block.apply(v, x, mutable=mutable)
+      assert len(calls) == expect, (c, s, mutable, calls)
+  x, k = jnp.ones((1, 8, 8, 64)), jnp.ones((3, 3, 64, 64))
+  for kwargs, expect in ((dict(padding=1), 1), (dict(padding=1, stride=2), 0),
+                         (dict(padding=0), 0), (dict(padding=1, dilation=2), 0)):
+    calls.clear()
+    layers.conv2d(x, k, **kwargs)
+    assert len(calls) == expect, kwargs
+  calls.clear()
+  layers.conv2d(x.astype(jnp.bfloat16), k, padding=1)
+  assert not calls
+  monkeypatch.setenv(xla_options.WINOGRAD_ENV, "0")
+  layers.conv2d(x, k, padding=1)
+  assert not calls
+  monkeypatch.setenv(xla_options.WINOGRAD_ENV, "bogus")
+  with pytest.raises(ValueError, match="DAGAN_JAX_WINOGRAD"):
+    layers.conv2d(x, k, padding=1)
+  monkeypatch.setenv(xla_options.WINOGRAD_ENV, "auto")
+  assert xla_options.winograd_convs("cpu")
+  assert not xla_options.winograd_convs("gpu") and not xla_options.winograd_convs("tpu")
+  monkeypatch.setenv(xla_options.WINOGRAD_ENV, "1")
+  assert xla_options.winograd_convs("gpu")
 
 
 def test_depthaware_generator_fast_eval_matches_plain_with_every_fast_path(
