@@ -9,7 +9,7 @@ then asks them in turn for one step each, round after round, alternating the
 order every round, and reports each one's median and the median of the
 per-round ratios.
 
-Contenders (``NAME=KIND[:ARG][@ALLOCATOR]``, any number):
+Contenders (``NAME=KIND[:ARG][@ALLOCATOR][,VAR=VALUE...]``, any number):
 
 * ``official-train:LAYERS`` -- the official training step at batch 2
   (``GeneratorFullModel`` + ``DiscriminatorFullModel`` with the official
@@ -23,9 +23,12 @@ Contenders (``NAME=KIND[:ARG][@ALLOCATOR]``, any number):
 * ``ours-animate`` -- animate's per-frame function (source cached), batch 1.
 
 ``@ALLOCATOR`` starts that worker with a C allocator of
-:mod:`dagan_jax.allocator` (``jemalloc``, ``tcmalloc``, ``glibc-thp``,
+:mod:`dagan_jax.allocator` (``jemalloc``, ``tcmalloc``, ``mimalloc``, ``glibc-thp``,
 ``auto``: what the ``dagan-jax`` command picks here); without it a worker
 runs with this process's (``system``), whichever contender it is.
+``,VAR=VALUE`` items are added to that worker's environment: an A/B of one
+of the package's switches, e.g. ``w0=ours-train:50@mimalloc,DAGAN_JAX_WINOGRAD=0``
+against ``w1=ours-train:50@mimalloc``.
 
 The official workers need a checkout of harlanhong/CVPR2022-DaGAN
 (``--official-dir``), ``torch`` and ``torchvision``; they run the official
@@ -357,15 +360,21 @@ def main(argv: Sequence[str] | None = None) -> int:
   for spec in args.contenders:
     name, _, kind_spec = spec.partition("=")
     contenders[name] = kind_spec
+    kind_spec, *settings = kind_spec.split(",")
     kind_spec, _, alloc = kind_spec.partition("@")
     kind, _, arg = kind_spec.partition(":")
     if not name or not kind:
-      parser.error(f"contender {spec!r}: expected NAME=KIND[:ARG][@ALLOCATOR]")
+      parser.error(f"contender {spec!r}: expected NAME=KIND[:ARG][@ALLOCATOR][,VAR=VALUE...]")
     try:
       commands[name] = worker_command(kind, arg or None, args.official_dir)
       allocators[name], envs[name] = allocator.allocator_env(choice=alloc or "system")
     except ValueError as err:  # AllocatorError is one
       parser.error(f"contender {spec!r}: {err}")
+    for setting in settings:
+      var, eq, value = setting.partition("=")
+      if not eq or not var.isidentifier():
+        parser.error(f"contender {spec!r}: {setting!r} is not VAR=VALUE")
+      envs[name][var] = value
   result = alternate(commands, args.rounds, envs=envs)
   result["contenders"] = contenders
   result["allocators"] = allocators

@@ -23,14 +23,21 @@ mapped avoids that:
   still zeroed at every step; 11.25 -> 11.13 s, within the noise, so it is
   only used when asked for.
 
+* ``mimalloc`` (Microsoft), preloaded with ``MIMALLOC_PURGE_DELAY=-1``
+  (freed memory is never returned): no page faults either, but its worker
+  threads wait on each other (about 1.5 s of system time per step, all in
+  ``futex``), so it comes after the other two. It needs no system package:
+  ``pip install cmeel-mimalloc`` puts ``libmimalloc.so.3`` in the Python
+  environment, where :func:`wheel_dirs` finds it.
+
 An allocator can only be chosen before a process starts, so the
 ``dagan-jax`` command re-executes itself once with the chosen environment
 (:func:`reexec_with_allocator`) before it imports JAX. ``DAGAN_JAX_ALLOCATOR``
-picks: ``auto`` (default: jemalloc, else tcmalloc, else glibc's ``malloc``
-as it is), ``jemalloc``, ``tcmalloc``, ``glibc-thp``, or ``system`` (leave
-the process as started). A library that is already preloaded, or glibc tunables already
+picks: ``auto`` (default: jemalloc, else tcmalloc, else mimalloc, else
+glibc's ``malloc`` as it is), ``jemalloc``, ``tcmalloc``, ``mimalloc``,
+``glibc-thp``, or ``system`` (leave the process as started). A library that is already preloaded, or glibc tunables already
 set for ``malloc``, are left alone. ``DAGAN_JAX_MALLOC_LIB`` names the
-jemalloc or tcmalloc shared library where it is not in a standard place
+jemalloc, tcmalloc or mimalloc shared library where it is not in a standard place
 (``apt install libjemalloc2``, ``conda install jemalloc``).
 """
 
@@ -39,6 +46,7 @@ from __future__ import annotations
 import ctypes.util
 import os
 import sys
+import sysconfig
 from typing import Mapping, Sequence
 
 #: Environment variable choosing the allocator (see the module doc).
@@ -48,17 +56,21 @@ LIB_ENV = "DAGAN_JAX_MALLOC_LIB"
 #: Set in the re-executed process (to the choice made), so it is done once.
 APPLIED_ENV = "DAGAN_JAX_ALLOCATOR_APPLIED"
 
-CHOICES = ("auto", "jemalloc", "tcmalloc", "glibc-thp", "system")
+CHOICES = ("auto", "jemalloc", "tcmalloc", "mimalloc", "glibc-thp", "system")
 
 #: The process environment variables that decide the C allocator.
-ENV_VARS = ("LD_PRELOAD", "MALLOC_CONF", "TCMALLOC_RELEASE_RATE", "GLIBC_TUNABLES")
+ENV_VARS = ("LD_PRELOAD", "MALLOC_CONF", "TCMALLOC_RELEASE_RATE",
+            "MIMALLOC_PURGE_DELAY", "GLIBC_TUNABLES")
 
 _SONAMES = {"jemalloc": ("libjemalloc.so.2", "libjemalloc.so"),
             "tcmalloc": ("libtcmalloc_minimal.so.4", "libtcmalloc.so.4",
-                         "libtcmalloc_minimal.so", "libtcmalloc.so")}
+                         "libtcmalloc_minimal.so", "libtcmalloc.so"),
+            "mimalloc": ("libmimalloc.so.3", "libmimalloc.so.2", "libmimalloc.so")}
 _DIRS = ("/usr/lib/x86_64-linux-gnu", "/usr/lib/aarch64-linux-gnu", "/usr/lib64",
          "/usr/lib", "/usr/local/lib", "/opt/homebrew/lib")
 _THP = "/sys/kernel/mm/transparent_hugepage/enabled"
+#: The allocators ``auto`` tries, in order.
+AUTO_ORDER = ("jemalloc", "tcmalloc", "mimalloc")
 
 
 class AllocatorError(ValueError):
@@ -73,11 +85,24 @@ def _kind_of(path: str) -> str | None:
   return None
 
 
+def wheel_dirs() -> list[str]:
+  """Library directories of allocator wheels in this Python environment:
+  ``pip install cmeel-mimalloc`` puts ``libmimalloc.so.3`` under
+  ``site-packages/cmeel.prefix/lib``."""
+  out = []
+  for key in ("purelib", "platlib"):
+    d = os.path.join(sysconfig.get_paths()[key], "cmeel.prefix", "lib")
+    if d not in out:
+      out.append(d)
+  return out
+
+
 def find_library(kind: str, environ: Mapping[str, str] | None = None,
                  dirs: Sequence[str] | None = None) -> str | None:
-  """The path of a ``kind`` ('jemalloc' or 'tcmalloc') shared library, or
-  None: ``DAGAN_JAX_MALLOC_LIB`` when it names one of that kind, else the
-  first of its usual names in the Python prefix's ``lib`` (conda), the
+  """The path of a ``kind`` ('jemalloc', 'tcmalloc' or 'mimalloc') shared
+  library, or None: ``DAGAN_JAX_MALLOC_LIB`` when it names one of that
+  kind, else the first of its usual names in this environment's allocator
+  wheels (:func:`wheel_dirs`), the Python prefix's ``lib`` (conda), the
   system's library directories, or the linker's cache."""
   environ = os.environ if environ is None else environ
   explicit = environ.get(LIB_ENV)
@@ -85,10 +110,12 @@ def find_library(kind: str, environ: Mapping[str, str] | None = None,
     if not os.path.isfile(explicit):
       raise AllocatorError(f"{LIB_ENV}={explicit!r}: no such file")
     if _kind_of(explicit) is None:
-      raise AllocatorError(f"{LIB_ENV}={explicit!r}: not a jemalloc or tcmalloc "
-                           "library (libjemalloc*.so*, libtcmalloc*.so*)")
+      raise AllocatorError(f"{LIB_ENV}={explicit!r}: not a jemalloc, tcmalloc or "
+                           "mimalloc library (libjemalloc*.so*, libtcmalloc*.so*, "
+                           "libmimalloc*.so*)")
     return explicit if _kind_of(explicit) == kind else None
-  search = list(dirs) if dirs is not None else [os.path.join(sys.prefix, "lib"), *_DIRS]
+  search = list(dirs) if dirs is not None else [*wheel_dirs(),
+                                                 os.path.join(sys.prefix, "lib"), *_DIRS]
   for soname in _SONAMES[kind]:
     for d in search:
       path = os.path.join(d, soname)
@@ -166,7 +193,7 @@ def allocator_env(environ: Mapping[str, str] | None = None, choice: str | None =
       return f"as set ({user})", {}
   glibc = glibc_version() if glibc == "detect" else glibc
   thp = thp_mode() if thp == "detect" else thp
-  for kind in ("jemalloc", "tcmalloc"):
+  for kind in AUTO_ORDER:
     if choice not in ("auto", kind):
       continue
     path = find_library(kind, environ, dirs)
@@ -181,9 +208,11 @@ def allocator_env(environ: Mapping[str, str] | None = None, choice: str | None =
       out["MALLOC_CONF"] = "dirty_decay_ms:-1,muzzy_decay_ms:-1"
     if kind == "tcmalloc" and "TCMALLOC_RELEASE_RATE" not in environ:
       out["TCMALLOC_RELEASE_RATE"] = "0"
+    if kind == "mimalloc" and "MIMALLOC_PURGE_DELAY" not in environ:
+      out["MIMALLOC_PURGE_DELAY"] = "-1"
     return f"{kind} ({path})", out
   if choice == "auto":
-    return "system (no jemalloc or tcmalloc found)", {}
+    return "system (no jemalloc, tcmalloc or mimalloc found)", {}
   # glibc's transparent huge pages for mmap-ed chunks, when asked for.
   usable = glibc is not None and glibc >= (2, 35) and thp in ("madvise", "always")
   if not usable:
@@ -230,6 +259,6 @@ def status_line(environ: Mapping[str, str] | None = None) -> str:
   user = _already_set(environ)
   if user:
     return f"C allocator: as set ({user})"
-  return ("C allocator: the C library's malloc; on CPU hosts jemalloc or tcmalloc "
-          "makes steps faster (apt install libjemalloc2; the dagan-jax command "
-          f"then preloads it; see {ENV})")
+  return ("C allocator: the C library's malloc; on CPU hosts jemalloc, tcmalloc or "
+          "mimalloc makes steps faster (apt install libjemalloc2, or pip install "
+          f"cmeel-mimalloc; the dagan-jax command then preloads it; see {ENV})")

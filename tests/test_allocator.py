@@ -45,8 +45,28 @@ def test_auto_falls_back_to_tcmalloc_then_leaves_glibc_alone(tmp_path):
   assert desc.startswith("tcmalloc")
   assert env == {"LD_PRELOAD": path, "TCMALLOC_RELEASE_RATE": "0"}
   os.remove(path)
+  mi = _fake_lib(tmp_path, "libmimalloc.so.3")
   desc, env = _env(tmp_path)
-  assert env == {} and desc == "system (no jemalloc or tcmalloc found)"
+  assert desc.startswith("mimalloc") and mi in desc
+  assert env == {"LD_PRELOAD": mi, "MIMALLOC_PURGE_DELAY": "-1"}
+  # The user's own mimalloc setting is kept.
+  _, env = _env(tmp_path, environ={"MIMALLOC_PURGE_DELAY": "100"})
+  assert env == {"LD_PRELOAD": mi}
+  os.remove(mi)
+  desc, env = _env(tmp_path)
+  assert env == {} and desc == "system (no jemalloc, tcmalloc or mimalloc found)"
+  with pytest.raises(al.AllocatorError, match="no mimalloc library found"):
+    _env(tmp_path, choice="mimalloc")
+
+
+def test_the_mimalloc_wheel_is_searched_first():
+  import sysconfig
+  site = sysconfig.get_paths()["purelib"]
+  assert al.wheel_dirs()[0] == os.path.join(site, "cmeel.prefix", "lib")
+  path = al.find_library("mimalloc", environ={})
+  if os.path.isfile(os.path.join(al.wheel_dirs()[0], "libmimalloc.so.3")):
+    # cmeel-mimalloc is installed here.
+    assert path == os.path.join(al.wheel_dirs()[0], "libmimalloc.so.3")
 
 
 def test_glibc_huge_pages_when_asked_for(tmp_path):
@@ -86,7 +106,7 @@ def test_bad_settings_name_the_variable(tmp_path):
   with pytest.raises(al.AllocatorError, match="DAGAN_JAX_MALLOC_LIB=.*no such file"):
     _env(tmp_path, environ={al.LIB_ENV: str(tmp_path / "nope.so")})
   other = _fake_lib(tmp_path, "libz.so.1")
-  with pytest.raises(al.AllocatorError, match="not a jemalloc or tcmalloc"):
+  with pytest.raises(al.AllocatorError, match="not a jemalloc, tcmalloc or mimalloc"):
     _env(tmp_path, environ={al.LIB_ENV: other})
 
 
