@@ -17,6 +17,11 @@ os.environ.setdefault("DAGAN_JAX_CPU_OPT_LEVEL", "0")
 # Same steps, fused loops emitted by XLA:CPU's older IR emitters, which
 # compile in about half the time (toy training step: 8 s instead of 15).
 os.environ.setdefault("DAGAN_JAX_CPU_FUSION_EMITTERS", "0")
+# The same numbers, XLA's convolution in place of Winograd F(2x2, 3x3):
+# the Winograd route's 16 matmuls per conv and their gradients make
+# whole-model programs compile 2-3x longer. tests/ops/test_winograd.py
+# tests the op, tests/models/test_fast_eval.py the route (both set it).
+os.environ.setdefault("DAGAN_JAX_WINOGRAD", "0")
 
 import pathlib  # noqa: E402
 
