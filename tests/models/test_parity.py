@@ -10,19 +10,25 @@ of this layout (the small one here, the official 15-keypoint one elsewhere).
 
 The files are converted through the ``dagan-jax convert`` command and loaded
 with :func:`dagan_jax.checkpoints.load_model`. Every array of ``fixture.npz``
-that belongs to the networks must then be reproduced to max abs 1e-4
-(float32, CPU), each network fed the fixture's own inputs.
+that belongs to the networks must then be reproduced to 1e-4 of the
+array's magnitude (max abs error / max(1, max |official|); float32, CPU),
+each network fed the fixture's own inputs. The bound is relative because
+float32 rounding is: the same test holds for the official full-size
+networks, whose activations are larger than the small fixture's, and on
+machines that round differently (FMA, vector width); 1e-4 is about 840
+float32 ulps of the largest value, while the small fixture measures up to
+3e-5 (the 256x256 warp, below) and 5e-6 elsewhere.
 
 Inside the generator, arrays downstream of the dense-motion warp are compared
 *stage by stage* (``GENERATOR_STAGES``): the preceding stage's output is
 replaced by the fixture's recorded value (``nn.intercept_methods``), so each
-stage is held to 1e-4 on exactly the official stage input. This is needed
+stage is held to the bound on exactly the official stage input. This is needed
 because the warp at 256x256 amplifies float32 rounding: 1 ulp of the
 deformation moves a sample by ~1e-5 px, and the official float32 result
 itself differs from its float64 value by ~1.5e-4 on ``deformed`` and
 ``bottleneck_out`` (measured on the small fixture), more than the tolerance.
 The free-running generator (everything ours) is checked too, with
-``FREE_RUN_ATOL`` on those warp-sensitive arrays and 1e-4 on the rest, and a
+``FREE_RUN_RTOL`` on those warp-sensitive arrays and 1e-4 on the rest, and a
 fully chained run (our depth -> keypoints -> normalisation -> generator) is
 checked on the final prediction. Set ``DAGAN_PARITY_VERBOSE=1`` (with
 ``pytest -s``) to print every error.
@@ -47,7 +53,8 @@ from dagan_jax import cli
 from dagan_jax.checkpoints import load_model
 from dagan_jax.models import build
 
-ATOL = 1e-4
+#: Max abs error allowed, relative to max(1, max |official array|).
+RTOL = 1e-4
 #: fixture.npz groups produced by the networks (the others belong to ops/losses).
 NETWORK_GROUPS = ("depth", "kp_source", "kp_driving_initial", "kp_driving",
                   "kp_norm", "gen_relative", "gen_absolute", "disc_generated",
@@ -240,7 +247,10 @@ GENERATOR_STAGES = {
     ],
 }
 DENSE_MOTION_OUTPUTS = ("mask", "sparse_deformed", "deformation", "occlusion_map")
-FREE_RUN_ATOL = 1e-3
+#: The same for the free-running generator's warp-sensitive arrays: rounding
+#: in the deformation moves 256x256 samples (measured 1.4e-4 on the small
+#: fixture's ``deformed``).
+FREE_RUN_RTOL = 1e-3
 
 
 def _forced_value(npz, group: str, name: str | None):
@@ -319,8 +329,15 @@ def _errors(got, npz, keys, staged=True) -> dict[str, float]:
     want = to_nhwc(key, npz[key])
     mine = _lookup(got, key, staged)
     assert mine.shape == want.shape, (key, mine.shape, want.shape)
-    errors[key] = float(np.max(np.abs(np.asarray(mine, np.float64) - want)))
+    errors[key] = _relative_error(mine, want)
   return errors
+
+
+def _relative_error(mine, want) -> float:
+  """Max abs error over the official array's magnitude, max(1, max |want|)."""
+  want = np.asarray(want, np.float64)
+  scale = max(1.0, float(np.max(np.abs(want))))
+  return float(np.max(np.abs(np.asarray(mine, np.float64) - want))) / scale
 
 
 def test_fixture_groups_are_known(npz):
@@ -336,15 +353,15 @@ def test_parity(group, ours, npz):
   errors = _errors(got, npz, keys)
   if os.environ.get("DAGAN_PARITY_VERBOSE"):
     for k, e in errors.items():
-      print(f"parity {k}: max abs {e:.2e}")
-  bad = {k: e for k, e in errors.items() if not e <= ATOL}
-  assert not bad, f"max abs errors above {ATOL}: {bad} (all: {errors})"
+      print(f"parity {k}: relative error {e:.2e}")
+  bad = {k: e for k, e in errors.items() if not e <= RTOL}
+  assert not bad, f"relative errors above {RTOL}: {bad} (all: {errors})"
 
 
 @pytest.mark.parametrize("group", ("gen_relative", "gen_absolute"))
 def test_generator_free_running(group, ours, npz):
   """The whole generator with nothing forced: 1e-4 upstream of the warp,
-  FREE_RUN_ATOL on the warp-sensitive arrays (module docstring)."""
+  FREE_RUN_RTOL on the warp-sensitive arrays (module docstring)."""
   _, got = ours
   keys = [k for k in _network_keys(npz) if k.split("/")[0] == group]
   sensitive = {n for stages in GENERATOR_STAGES.values() for *_, prod in stages
@@ -352,9 +369,9 @@ def test_generator_free_running(group, ours, npz):
   errors = _errors(got, npz, keys, staged=False)
   if os.environ.get("DAGAN_PARITY_VERBOSE"):
     for k, e in errors.items():
-      print(f"free-running {k}: max abs {e:.2e}")
+      print(f"free-running {k}: relative error {e:.2e}")
   bad = {k: e for k, e in errors.items()
-         if not e <= (FREE_RUN_ATOL if k.split("/", 1)[1] in sensitive else ATOL)}
+         if not e <= (FREE_RUN_RTOL if k.split("/", 1)[1] in sensitive else RTOL)}
   assert not bad, f"free-running errors too large: {bad} (all: {errors})"
 
 
@@ -374,8 +391,8 @@ def test_chained_pipeline(converted, npz, ours):
   out = build.generate_fn(models, v, img["source"], kp["source"], kp_norm,
                           disp["source"], disp["driving"])
   want = to_nhwc("x", npz["gen_relative/prediction"])
-  err = float(np.max(np.abs(np.asarray(out["prediction"]) - want)))
-  assert err <= FREE_RUN_ATOL, err
+  err = _relative_error(out["prediction"], want)
+  assert err <= FREE_RUN_RTOL, err
 
 
 def test_encode_source_then_decode(converted, npz, ours):
@@ -395,7 +412,9 @@ def test_encode_source_then_decode(converted, npz, ours):
                   method="decode")
   for i, group in enumerate(("gen_relative", "gen_absolute")):
     want = to_nhwc("x", npz[f"{group}/prediction"])
-    np.testing.assert_allclose(out["prediction"][i:i + 1], want, atol=FREE_RUN_ATOL)
-    # Same computation up to rounding (fast_eval's choices depend on batch).
-    np.testing.assert_allclose(out["prediction"][i:i + 1],
-                               got[group]["free"]["prediction"], atol=2e-5)
+    mine = out["prediction"][i:i + 1]
+    assert _relative_error(mine, want) <= FREE_RUN_RTOL, group
+    # The same function as the free run, rounded in another order (fast_eval's
+    # choices depend on the batch): two float32 runs through the warp differ
+    # as much as ours and the official one may, so the same bound applies.
+    assert _relative_error(mine, got[group]["free"]["prediction"]) <= FREE_RUN_RTOL, group
