@@ -459,6 +459,23 @@ def run_worker(row: str, opts: dict[str, Any]) -> dict[str, Any]:
   return out
 
 
+def _failed_row(row: str, error: str, **extra: Any) -> dict[str, Any]:
+  """The result of a row that failed before it reported: its spec's fields
+  (model, batch, variant where the row names them) and the error, so that
+  tables can still place it."""
+  parts = row.split(":")
+  out: dict[str, Any] = {"row": row, "kind": parts[0], "error": error}
+  if len(parts) >= 3:
+    out["model"] = parts[1]
+    try:
+      out["batch"] = int(parts[2])
+    except ValueError:
+      out["batch"] = parts[2]
+    out["variant"] = parts[3] if len(parts) > 3 else ""
+  out.update(extra)
+  return out
+
+
 def run_row_subprocess(row: str, opts: dict[str, Any], timeout: float,
                        env: dict[str, str] | None = None) -> dict[str, Any]:
   """``run_worker(row)`` in a fresh Python process (own RSS, own caches),
@@ -473,13 +490,12 @@ def run_row_subprocess(row: str, opts: dict[str, Any], timeout: float,
                             check=False, cwd=common.REPO,
                             env={**os.environ, **env} if env else None)
     except subprocess.TimeoutExpired:
-      return {"row": row, "kind": row.split(":")[0], "error":
-              f"timed out after {timeout:.0f} s", "row_wall_s": timeout}
+      return _failed_row(row, f"timed out after {timeout:.0f} s",
+                         row_wall_s=timeout)
     if proc.returncode != 0 or not os.path.exists(out_path):
       tail = (proc.stderr or proc.stdout or "")[-2000:]
-      return {"row": row, "kind": row.split(":")[0],
-              "error": f"exit {proc.returncode}: {tail}",
-              "row_wall_s": time.perf_counter() - t}
+      return _failed_row(row, f"exit {proc.returncode}: {tail}",
+                         row_wall_s=time.perf_counter() - t)
     with open(out_path) as f:
       return json.load(f)
 
@@ -543,7 +559,8 @@ def _status(r: dict[str, Any]) -> str | None:
 
 
 def _label(r: dict[str, Any]) -> str:
-  label = MODELS.get(r["model"], {}).get("label", r["model"])
+  model = r.get("model", r.get("row", "?"))
+  label = MODELS.get(model, {}).get("label", model)
   return label + (f" [{r['variant']}]" if r.get("variant") else "")
 
 
@@ -596,7 +613,7 @@ def markdown_report(report: dict[str, Any]) -> str:
       label = _label(r)
       st = _status(r)
       if st:
-        lines.append(f"| {label} | {r['batch']} | {st} | | | "
+        lines.append(f"| {label} | {r.get('batch', '-')} | {st} | | | "
                      f"{_fmt(r.get('compile_s'), '.0f')} | "
                      f"{_fmt(r.get('gflop_per_frame'), '.1f')} | | "
                      f"{_memory_cells(r)} | {_load(r)} |")
@@ -623,7 +640,7 @@ def markdown_report(report: dict[str, Any]) -> str:
       label = _label(r)
       st = _status(r)
       if st:
-        lines.append(f"| {label} | {r['batch']} | {st} | | | "
+        lines.append(f"| {label} | {r.get('batch', '-')} | {st} | | | "
                      f"{_fmt(r.get('compile_s'), '.0f')} | "
                      f"{_fmt(r.get('gflop_per_step'), '.0f')} | | "
                      f"{_memory_cells(r)} | "
@@ -647,7 +664,7 @@ def markdown_report(report: dict[str, Any]) -> str:
     for r in ip:
       st = _status(r)
       if st:
-        lines.append(f"| - | {r['batch']} | {st} | | | | |")
+        lines.append(f"| - | {r.get('batch', '-')} | {st} | | | | |")
         continue
       for key, val in r.items():
         if key.startswith("workers=") and isinstance(val, dict):
@@ -727,6 +744,9 @@ def main(argv: list[str] | None = None) -> int:
                       help="C allocator of the row processes (default: "
                            "$DAGAN_JAX_ALLOCATOR or auto, as the dagan-jax "
                            "command; dagan_jax/allocator.py)")
+  parser.add_argument("--render", action="store_true",
+                      help="run nothing: write the tables of the report in "
+                           "--json (to stdout and --markdown's --section)")
   parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--worker-out", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--opts", default="{}", help=argparse.SUPPRESS)
@@ -736,6 +756,18 @@ def main(argv: list[str] | None = None) -> int:
     result = run_worker(args.worker, json.loads(args.opts))
     with open(args.worker_out, "w") as f:
       json.dump(result, f)
+    return 0
+
+  if args.render:
+    if not args.json or not os.path.exists(args.json):
+      parser.error(f"--render needs an existing --json report, got {args.json!r}")
+    with open(args.json) as f:
+      report = json.load(f)
+    _attach_derived(report["results"])
+    md = markdown_report(report)
+    print(md)
+    if args.markdown:
+      update_markdown(args.markdown, args.section, md)
     return 0
 
   rows = (args.rows.split(",") if args.rows else
@@ -771,7 +803,7 @@ def main(argv: list[str] | None = None) -> int:
       try:
         result = run_worker(row, opts)
       except Exception as e:  # pylint: disable=broad-except
-        result = {"row": row, "kind": row.split(":")[0], "error": repr(e)}
+        result = _failed_row(row, repr(e))
     else:
       row_desc, row_env = alloc_desc, alloc_env
       variant = (row.split(":") + ["", "", "", ""])[3]
@@ -779,7 +811,7 @@ def main(argv: list[str] | None = None) -> int:
         if variant in ALLOCATOR_VARIANTS:
           row_desc, row_env = allocator.allocator_env(choice=variant)
       except allocator.AllocatorError as e:
-        result = {"row": row, "kind": row.split(":")[0], "error": str(e)}
+        result = _failed_row(row, str(e))
       else:
         result = run_row_subprocess(row, opts, timeout, row_env)
       result.setdefault("allocator", row_desc)

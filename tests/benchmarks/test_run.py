@@ -111,3 +111,21 @@ def test_rows_run_with_the_chosen_allocator(tmp_path):
   assert "error" not in row
   assert row["malloc_env"]["GLIBC_TUNABLES"].startswith(variables["GLIBC_TUNABLES"])
   assert "C allocator: glibc with transparent huge pages" in run.markdown_report(report)
+
+
+def test_a_row_killed_before_it_reports_still_renders(tmp_path):
+  """A row whose process died (killed for memory: exit -9) keeps its model
+  and batch from the row spec; --render writes the tables from the JSON."""
+  out, md = tmp_path / "bench.json", tmp_path / "BENCH.md"
+  assert run.main(["--tiny", "--in-process", "--rows", "inference:smoke:1",
+                   "--json", str(out)]) == 0
+  report = json.loads(out.read_text())
+  report["results"].append(run._failed_row("training:smoke:8", "exit -9: "))
+  out.write_text(json.dumps(report))
+  assert run.main(["--render", "--json", str(out), "--markdown", str(md),
+                   "--section", "t"]) == 0
+  text = md.read_text()
+  assert "| smoke (64x64, narrow; tests only) | 8 | error: exit -9: |" in text
+  assert "| smoke (64x64, narrow; tests only) | 1 |" in text
+  with pytest.raises(SystemExit):
+    run.main(["--render", "--json", str(tmp_path / "missing.json")])
