@@ -2,9 +2,20 @@
 
 import os
 
-_flag = "--xla_force_host_platform_device_count=4"
-if _flag not in os.environ.get("XLA_FLAGS", ""):
-  os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _flag).strip()
+# Every program the tests compile, the package's and their own, is built
+# with LLVM at -O0 and XLA:CPU's older loop emitters: the same optimised
+# HLO, machine code generated in about half the time (the suite is bound by
+# compiling many small programs, each run a few times). Results differ from
+# the default build by rounding only, which the tests' float32 bounds
+# allow for (tests/float32_bounds.py). A flag already in XLA_FLAGS wins.
+_FLAGS = {"--xla_force_host_platform_device_count": "4",
+          "--xla_backend_optimization_level": "0",
+          "--xla_cpu_use_fusion_emitters": "false"}
+_xla_flags = os.environ.get("XLA_FLAGS", "")
+for _name, _value in _FLAGS.items():
+  if _name + "=" not in _xla_flags:
+    _xla_flags = f"{_xla_flags} {_name}={_value}".strip()
+os.environ["XLA_FLAGS"] = _xla_flags
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The package's compiled steps (training, animate, evaluation) are built at
 # LLVM -O0 here: the suite is bound by compile time (many small programs,

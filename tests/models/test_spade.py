@@ -22,6 +22,7 @@ from dagan_jax.convert.torch_to_flax import (load_torch_file, match_state_dict,
                                              strip_prefix)
 from dagan_jax.models import build
 from dagan_jax.models.generator import SPADEDecoder
+from float32_bounds import assert_within_ulps
 
 torch = pytest.importorskip("torch")
 tnn = torch.nn
@@ -171,15 +172,22 @@ def test_spade_generator_wiring_on_fixture_weights(fixture_dir, small_config):
   assert rep.ok, rep.format()
   plain_out, plain_inter = run(plain_models, plain_vars)
   attn = plain_inter["intermediates"]["attn_out"][0]
-  np.testing.assert_array_equal(inter["intermediates"]["attn_out"][0], attn)
+  # The same function as the plain generator's up to here, compiled as
+  # another program: equal up to float32 rounding through the warp, held to
+  # the parity tests' bound (1e-4 of the largest value, about 840 ulps).
+  same = lambda a, b: assert_within_ulps(  # noqa: E731
+      a, b, 840, scale=max(1.0, float(np.abs(b).max())))
+  same(inter["intermediates"]["attn_out"][0], attn)
   # The occlusion map is resized bilinearly (not nearest) to the image.
   from dagan_jax.ops import resize_bilinear
-  masked = plain_out["deformed"] * resize_bilinear(plain_out["occlusion_map"],
-                                                   (128, 128))
+  # The reference decoder gets this program's own decoder inputs, so that
+  # only the decoder's rounding is compared.
+  attn = inter["intermediates"]["attn_out"][0]
+  masked = out["deformed"] * resize_bilinear(out["occlusion_map"], (128, 128))
   with torch.no_grad():
     want = ref(torch.tensor(np.asarray(attn).transpose(0, 3, 1, 2)),
                torch.tensor(np.asarray(masked).transpose(0, 3, 1, 2)))
   np.testing.assert_allclose(out["prediction"], want.numpy().transpose(0, 2, 3, 1),
                              atol=2e-5)
   for k in ("mask", "occlusion_map", "deformation", "deformed", "sparse_deformed"):
-    np.testing.assert_array_equal(out[k], plain_out[k])
+    same(out[k], plain_out[k])
