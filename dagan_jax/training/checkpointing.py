@@ -56,7 +56,7 @@ class Checkpointer:
   def save(self, step: int, state: Any, data_iter: Any | None,
            meta: dict[str, Any], *, force: bool = False) -> bool:
     """Saves asynchronously; returns whether a save was started."""
-    items = {"state": ocp.args.StandardSave(state),
+    items = {"state": ocp.args.StandardSave(_one_copy(state)),
              "meta": ocp.args.JsonSave(meta)}
     if data_iter is not None:
       items["data_iter"] = grain.checkpoint.CheckpointSave(data_iter)
@@ -93,6 +93,23 @@ class Checkpointer:
   def close(self) -> None:
     self.manager.wait_until_finished()
     self.manager.close()
+
+
+def _one_copy(state: Any) -> Any:
+  """The state on one local device when every device is this process's.
+
+  The data-parallel state is replicated over the mesh. On several hosts
+  orbax spreads the write of each array over its replicas; on one host all
+  replicas live in this process, and that split costs one small eager slice
+  per array and replica, each compiled for its shape (4 s per save of a
+  32x32 toy state on 4 CPU devices, against 1 s). One copy is written
+  instead; a restore places it on the mesh again (the abstract state's
+  sharding), so the checkpoint reads back the same either way."""
+  if jax.process_count() > 1 or jax.local_device_count() == 1:
+    return state
+  one = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  return jax.tree.map(
+      lambda x: jax.device_put(x, one) if isinstance(x, jax.Array) else x, state)
 
 
 def abstract_like(tree: Any) -> Any:
