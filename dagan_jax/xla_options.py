@@ -103,6 +103,21 @@ def compiler_options(backend: str | None = None) -> dict[str, Any] | None:
   return options
 
 
+#: Options for a program that is compiled to be measured, never run (its
+#: buffer assignment and FLOP count, ``dagan-jax info --memory``): LLVM at
+#: -O0 and XLA:CPU's older loop emitters generate machine code much faster
+#: from the same optimised HLO, so memory and FLOPs are those of the program
+#: a run compiles.
+ANALYSIS_ONLY = {"cpu": {"xla_backend_optimization_level": 0,
+                         "xla_cpu_use_fusion_emitters": False}}
+
+
+def analysis_options(backend: str | None = None) -> dict[str, Any] | None:
+  """Extra compile options for a program compiled only for its analyses
+  (:data:`ANALYSIS_ONLY`); None where there are none."""
+  return ANALYSIS_ONLY.get(backend or jax.default_backend())
+
+
 def _env_choice(name: str, allowed: tuple[str, ...], expected: str) -> str:
   """The value of environment variable ``name`` (stripped; '' when unset or
   empty), which must be one of ``allowed``; ``expected`` describes them."""
