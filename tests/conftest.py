@@ -17,17 +17,6 @@ for _name, _value in _FLAGS.items():
     _xla_flags = f"{_xla_flags} {_name}={_value}".strip()
 os.environ["XLA_FLAGS"] = _xla_flags
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The package's compiled steps (training, animate, evaluation) are built at
-# LLVM -O0 here: the suite is bound by compile time (many small programs,
-# each run a few times), and -O0 changes how machine code is generated for
-# the same optimised HLO, not the HLO (dagan_jax/xla_options.py). Programs
-# the tests compile themselves (the op-level parity tests, some of them bit
-# exact against torch) keep XLA's default. DAGAN_JAX_CPU_OPT_LEVEL= and
-# DAGAN_JAX_CPU_FUSION_EMITTERS= (empty) build everything at the default.
-os.environ.setdefault("DAGAN_JAX_CPU_OPT_LEVEL", "0")
-# Same steps, fused loops emitted by XLA:CPU's older IR emitters, which
-# compile in about half the time (toy training step: 8 s instead of 15).
-os.environ.setdefault("DAGAN_JAX_CPU_FUSION_EMITTERS", "0")
 # The same numbers, XLA's convolution in place of Winograd F(2x2, 3x3):
 # the Winograd route's 16 matmuls per conv and their gradients make
 # whole-model programs compile 2-3x longer. tests/ops/test_winograd.py

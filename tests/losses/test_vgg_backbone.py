@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from dagan_jax.errors import CheckpointMismatchError
+from dagan_jax.convert import dagan as convert_dagan
 from dagan_jax.models import vgg
 
 torch = pytest.importorskip("torch")
@@ -86,7 +87,7 @@ def test_vgg19_names_shapes_and_torch_parity(vgg19_params):
 def test_load_vgg19_npz_and_pth(tmp_path, vgg19_params):
   npz = tmp_path / "vgg19.npz"
   vgg.save_vgg_npz(vgg19_params, npz)
-  loaded = vgg.load_vgg19(npz)
+  loaded = convert_dagan.load_vgg19(npz)
   for name in vgg19_params:
     for leaf in ("kernel", "bias"):
       np.testing.assert_array_equal(loaded[name][leaf], vgg19_params[name][leaf])
@@ -111,12 +112,12 @@ def test_load_vgg19_npz_and_pth(tmp_path, vgg19_params):
   sd["classifier.6.bias"] = torch.zeros(1000)
   pth = tmp_path / "vgg19.pth"
   torch.save(sd, pth)
-  from_pth = vgg.load_vgg19(pth)
+  from_pth = convert_dagan.load_vgg19(pth)
   assert set(from_pth) == set(vgg19_params)
   for name in vgg19_params:
     np.testing.assert_array_equal(from_pth[name]["kernel"],
                                   vgg19_params[name]["kernel"])
-  _, variables, line = vgg.load_perceptual_backbone(pth)
+  _, variables, line = convert_dagan.load_perceptual_backbone(pth)
   assert "vgg19" in line and "NOT" not in line
   assert set(variables["params"]) == set(vgg19_params)
 
@@ -136,7 +137,7 @@ def test_select_params_names_missing_and_misshaped(vgg19_params):
 
 
 def test_lpips_vgg16_backbone_matches_its_own_pickle():
-  module, variables, line = vgg.load_perceptual_backbone(None)
+  module, variables, line = convert_dagan.load_perceptual_backbone(None)
   assert module.arch == "vgg16"
   assert "vgg16" in line and "lpips" in line and "NOT the official" in line
   params = variables["params"]
@@ -159,6 +160,6 @@ def test_lpips_vgg16_backbone_matches_its_own_pickle():
 def test_vgg19_requires_a_file():
   from dagan_jax.errors import DataError
   with pytest.raises(DataError, match="VGG19"):
-    vgg.load_perceptual_backbone(None, arch="vgg19")
+    convert_dagan.load_perceptual_backbone(None, arch="vgg19")
   with pytest.raises(DataError, match="not found"):
-    vgg.load_vgg19("/nonexistent/vgg19.pth")
+    convert_dagan.load_vgg19("/nonexistent/vgg19.pth")
