@@ -30,9 +30,15 @@ mapped avoids that:
   ``pip install cmeel-mimalloc`` puts ``libmimalloc.so.3`` in the Python
   environment, where :func:`wheel_dirs` finds it.
 
-An allocator can only be chosen before a process starts, so the
-``dagan-jax`` command re-executes itself once with the chosen environment
-(:func:`reexec_with_allocator`) before it imports JAX. ``DAGAN_JAX_ALLOCATOR``
+An allocator can only be chosen before a process starts, so it is a
+matter of how a command is launched, not of the command: this module is
+also a launcher that starts any command with the chosen environment,
+
+    python -m dagan_jax.allocator dagan-jax train --config ... --workdir ...
+
+(:func:`main`; ``scripts/with-allocator`` is the same as a script), and the
+training log says which allocator runs (:func:`status_line`).
+``DAGAN_JAX_ALLOCATOR`` (read by the launcher and the benchmarks only)
 picks: ``auto`` (default: jemalloc, else tcmalloc, else mimalloc, else
 glibc's ``malloc`` as it is), ``jemalloc``, ``tcmalloc``, ``mimalloc``,
 ``glibc-thp``, or ``system`` (leave the process as started). A library that is already preloaded, or glibc tunables already
@@ -53,7 +59,7 @@ from typing import Mapping, Sequence
 ENV = "DAGAN_JAX_ALLOCATOR"
 #: Environment variable naming a jemalloc / tcmalloc library to preload.
 LIB_ENV = "DAGAN_JAX_MALLOC_LIB"
-#: Set in the re-executed process (to the choice made), so it is done once.
+#: Set by the launcher in the command's environment, to the choice made.
 APPLIED_ENV = "DAGAN_JAX_ALLOCATOR_APPLIED"
 
 CHOICES = ("auto", "jemalloc", "tcmalloc", "mimalloc", "glibc-thp", "system")
@@ -226,27 +232,49 @@ def allocator_env(environ: Mapping[str, str] | None = None, choice: str | None =
       "GLIBC_TUNABLES": tunables}
 
 
-def reexec_with_allocator(log=None) -> None:
-  """Re-executes this process (same interpreter, same arguments) with the
-  allocator's environment, once; returns when there is nothing to change
-  (already applied, ``system``, not Linux). Call it before importing JAX.
+def launch_env(environ: Mapping[str, str] | None = None,
+               choice: str | None = None) -> tuple[str, dict[str, str]]:
+  """(description, the whole environment) to start a command with the
+  allocator of ``choice`` (default: ``DAGAN_JAX_ALLOCATOR`` or ``auto``).
 
   Raises:
     AllocatorError: a bad setting (see :func:`allocator_env`).
   """
-  if sys.platform != "linux" or os.environ.get(APPLIED_ENV):
-    return
-  description, variables = allocator_env()
+  environ = dict(os.environ if environ is None else environ)
+  description, variables = allocator_env(environ, choice)
   if not variables:
-    return
-  env = dict(os.environ)
-  env.update(variables)
-  env[APPLIED_ENV] = description
-  if log is not None:
-    log(f"dagan-jax: C allocator: {description} (set {ENV}=system to keep "
-        "the default)")
-  argv = list(getattr(sys, "orig_argv", None) or [sys.executable, *sys.argv])
-  os.execve(sys.executable, [sys.executable, *argv[1:]], env)
+    return description, environ
+  return description, {**environ, **variables, APPLIED_ENV: description}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+  """``python -m dagan_jax.allocator [--allocator CHOICE] COMMAND [ARGS...]``:
+  runs COMMAND in place of this process, with the chosen C allocator."""
+  import argparse  # pylint: disable=import-outside-toplevel
+  parser = argparse.ArgumentParser(
+      prog="python -m dagan_jax.allocator",
+      description="Run a command with a C allocator that keeps freed memory "
+                  "mapped (faster XLA:CPU steps; see dagan_jax/allocator.py).")
+  parser.add_argument("--allocator", choices=CHOICES, default=None,
+                      help=f"default: ${ENV} or auto")
+  parser.add_argument("command", nargs=argparse.REMAINDER,
+                      help="the command and its arguments")
+  args = parser.parse_args(argv)
+  if not args.command:
+    parser.error("no command given")
+  try:
+    description, env = launch_env(choice=args.allocator)
+  except AllocatorError as e:
+    print(f"{parser.prog}: error: {e}", file=sys.stderr)
+    return 2
+  print(f"C allocator: {description}", file=sys.stderr, flush=True)
+  try:
+    os.execvpe(args.command[0], args.command, env)
+  except OSError as e:
+    print(f"{parser.prog}: error: cannot run {args.command[0]!r}: {e}",
+          file=sys.stderr)
+    return 127
+  return 0  # not reached: execvpe replaces this process
 
 
 def status_line(environ: Mapping[str, str] | None = None) -> str:
@@ -261,4 +289,9 @@ def status_line(environ: Mapping[str, str] | None = None) -> str:
     return f"C allocator: as set ({user})"
   return ("C allocator: the C library's malloc; on CPU hosts jemalloc, tcmalloc or "
           "mimalloc makes steps faster (apt install libjemalloc2, or pip install "
-          f"cmeel-mimalloc; the dagan-jax command then preloads it; see {ENV})")
+          "cmeel-mimalloc; then launch with python -m dagan_jax.allocator "
+          "dagan-jax ...)")
+
+
+if __name__ == "__main__":
+  sys.exit(main())

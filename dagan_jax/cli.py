@@ -14,7 +14,6 @@ import sys
 from typing import Sequence
 
 from dagan_jax import __version__
-from dagan_jax import allocator
 from dagan_jax.errors import DaganError
 
 # name -> (module, one-line help).  The module is imported lazily.
@@ -27,11 +26,6 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "animate": ("dagan_jax.inference.cli_animate", "Animate a source face with a driving video (mp4, PNG frames or .npy)."),
     "evaluate": ("dagan_jax.evaluation.cli_evaluate", "Evaluate a checkpoint: reconstruction, same-identity or cross-identity pairs."),
 }
-
-# Commands that run compiled steps, and so re-execute themselves with a C
-# allocator that keeps XLA's per-step buffers mapped (dagan_jax/allocator.py).
-ALLOCATOR_COMMANDS = ("demo", "train", "animate", "evaluate")
-
 
 def _command_module(name: str):
   return importlib.import_module(COMMANDS[name][0])
@@ -64,16 +58,8 @@ def _selected_command(argv: Sequence[str]) -> str | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-  as_program = argv is None
   argv = list(sys.argv[1:] if argv is None else argv)
   selected = _selected_command(argv)
-  if as_program and selected in ALLOCATOR_COMMANDS and not (
-      {"-h", "--help"} & set(argv)):
-    try:  # returns unless it re-executes this process
-      allocator.reexec_with_allocator(log=lambda m: print(m, file=sys.stderr))
-    except allocator.AllocatorError as e:
-      print(f"dagan-jax {selected}: error: {e}", file=sys.stderr)
-      return 2
   parser = build_parser(selected)
   args, unknown = parser.parse_known_args(argv)
   if args.command is None:

@@ -1,4 +1,4 @@
-"""The C allocator choice (dagan_jax/allocator.py) and the CLI's re-exec."""
+"""The C allocator choice and its launcher (dagan_jax/allocator.py)."""
 
 import os
 import subprocess
@@ -137,53 +137,61 @@ def test_thp_mode_and_glibc_version(tmp_path):
 
 _PROBE = textwrap.dedent("""
     import os, sys
-    sys.path.insert(0, {repo!r})
-    from dagan_jax import allocator
-    print("run", os.environ.get(allocator.APPLIED_ENV, "-"),
+    print("run", os.environ.get({applied!r}, "-"),
           os.environ.get("GLIBC_TUNABLES", "-"), " ".join(sys.argv[1:]), flush=True)
-    allocator.reexec_with_allocator(log=lambda m: print("log", m, flush=True))
-    print("returned", flush=True)
 """)
 
 
-@pytest.mark.skipif(sys.platform != "linux", reason="re-exec with an allocator is Linux-only")
-def test_reexec_runs_the_same_command_once_with_the_allocator(tmp_path):
+@pytest.mark.skipif(sys.platform != "linux", reason="preloading an allocator is Linux-only")
+def test_the_launcher_runs_the_command_with_the_allocator(tmp_path):
+  """python -m dagan_jax.allocator COMMAND: the command runs in its place,
+  with the allocator's environment and its own arguments."""
   try:
     al.allocator_env({}, "glibc-thp")
   except al.AllocatorError:
     pytest.skip("this machine has no glibc huge-page route to exercise")
   script = tmp_path / "probe.py"
-  repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-  script.write_text(_PROBE.format(repo=repo))
+  script.write_text(_PROBE.format(applied=al.APPLIED_ENV))
   env = {k: v for k, v in os.environ.items()
          if k not in ("LD_PRELOAD", "GLIBC_TUNABLES", al.APPLIED_ENV)}
-  env[al.ENV] = "glibc-thp"
-  out = subprocess.run([sys.executable, str(script), "a", "--b"], env=env, text=True,
-                       capture_output=True, check=True, timeout=60).stdout.splitlines()
-  assert out[0] == "run - - a --b"
-  assert out[1].startswith("log dagan-jax: C allocator: glibc with transparent huge pages")
-  # The second process has the tunable and the same arguments, and does not
-  # re-execute again.
-  assert out[2].startswith("run glibc with transparent huge pages")
-  assert out[2].endswith("glibc.malloc.hugetlb=1 a --b")
-  assert out[3:] == ["returned"]
+  launch = [sys.executable, "-m", "dagan_jax.allocator"]
+  proc = subprocess.run(
+      launch + ["--allocator", "glibc-thp", sys.executable, str(script), "a", "--b"],
+      env=env, text=True, capture_output=True, check=True, timeout=60)
+  assert proc.stderr.startswith("C allocator: glibc with transparent huge pages")
+  out = proc.stdout.splitlines()
+  assert len(out) == 1 and out[0].startswith("run glibc with transparent huge pages")
+  assert out[0].endswith("glibc.malloc.hugetlb=1 a --b")
+  # system: the command runs with the environment as it is.
   env[al.ENV] = "system"
-  out = subprocess.run([sys.executable, str(script)], env=env, text=True,
+  out = subprocess.run(launch + [sys.executable, str(script)], env=env, text=True,
                        capture_output=True, check=True, timeout=60).stdout.splitlines()
-  assert out == ["run - - ", "returned"]
+  assert out == ["run - - "]
 
 
-def test_cli_reports_a_bad_allocator_setting():
+def test_the_launcher_reports_bad_settings_and_commands():
+  env = dict(os.environ, **{al.ENV: "bogus"})
+  launch = [sys.executable, "-m", "dagan_jax.allocator"]
+  proc = subprocess.run(launch + ["true"], env=env, text=True,
+                        capture_output=True, timeout=60)
+  assert proc.returncode == 2
+  assert "error: DAGAN_JAX_ALLOCATOR='bogus'" in proc.stderr
+  env[al.ENV] = "system"
+  proc = subprocess.run(launch + ["/nonexistent/command"], env=env, text=True,
+                        capture_output=True, timeout=60)
+  assert proc.returncode == 127 and "/nonexistent/command" in proc.stderr
+
+
+def test_the_cli_does_not_re_execute_itself():
+  """The dagan-jax command runs as started, whatever DAGAN_JAX_ALLOCATOR says."""
   env = dict(os.environ, **{al.ENV: "bogus"})
   env.pop(al.APPLIED_ENV, None)
-  proc = subprocess.run([sys.executable, "-m", "dagan_jax.cli", "train", "--config", "x.py"],
-                        env=env, text=True, capture_output=True, timeout=120)
-  assert proc.returncode == 2
-  assert "dagan-jax train: error: DAGAN_JAX_ALLOCATOR='bogus'" in proc.stderr
-  # --help neither re-executes nor checks the setting.
-  proc = subprocess.run([sys.executable, "-m", "dagan_jax.cli", "train", "--help"],
-                        env=env, text=True, capture_output=True, timeout=120)
-  assert proc.returncode == 0 and "allocator" not in proc.stderr
+  proc = subprocess.run([sys.executable, "-m", "dagan_jax.cli", "info", "--config",
+                         "configs/smoke.py"], env=env, text=True,
+                        capture_output=True, timeout=120,
+                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+  assert proc.returncode == 0, proc.stderr
+  assert "allocator" not in proc.stderr.lower()
 
 
 def test_status_line():
@@ -192,4 +200,5 @@ def test_status_line():
   assert al.status_line({"LD_PRELOAD": "/x/libtcmalloc.so.4"}) == (
       "C allocator: as set (LD_PRELOAD=/x/libtcmalloc.so.4)")
   line = al.status_line({})
-  assert "malloc" in line and "jemalloc" in line and al.ENV in line
+  assert "malloc" in line and "jemalloc" in line
+  assert "python -m dagan_jax.allocator dagan-jax" in line
