@@ -47,3 +47,11 @@ def fixture_dir(shared_dir) -> pathlib.Path:
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       str(REPO / ".pytest_cache" / "jax_compilation_cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "2")
+
+
+def pytest_collection_modifyitems(items):
+  """Tests marked ``slow`` (end-to-end trainer runs, tens of seconds each)
+  run first, so that under ``-n 2`` the workers share them out at the start
+  instead of one worker finishing a long run while the other sits idle.
+  The sort is stable: every other test keeps its collected order."""
+  items.sort(key=lambda item: item.get_closest_marker("slow") is None)

@@ -4,6 +4,7 @@ two training steps (the real demo runs configs/smoke.py for longer)."""
 import json
 
 import numpy as np
+import pytest
 from PIL import Image
 
 from dagan_jax import cli, config as config_lib, demo
@@ -35,6 +36,7 @@ def test_the_sample_ships_with_its_licence():
     assert media.probe_video(sample / c) == (64, 25.0, (64, 64))
 
 
+@pytest.mark.slow
 def test_demo_trains_animates_evaluates_and_reuses_its_checkpoint(tmp_path, capsys):
   cfg = _toy_config_file(tmp_path / "toy.yaml")
   out = tmp_path / "demo_out"

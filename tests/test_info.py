@@ -3,6 +3,8 @@
 import json
 import sys
 
+import pytest
+
 sys.path.insert(0, __import__("os").path.join(__import__("os").path.dirname(__file__), "training"))
 
 from train_helpers import tiny_config  # noqa: E402
@@ -10,6 +12,7 @@ from dagan_jax import cli, cli_info  # noqa: E402
 from dagan_jax import config as config_lib  # noqa: E402
 
 
+@pytest.mark.slow
 def test_info_counts_and_step_memory(tmp_path, shared_dir, capsys):
   # Without the perceptual and equivariance terms the step (compiled twice
   # here) compiles in a fraction of the time; what is checked holds for any

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 
 from train_helpers import tiny_config
 from dagan_jax import checkpoints
@@ -14,6 +15,7 @@ from dagan_jax.training import talking_head as th
 from dagan_jax.training.monitor import read_metrics
 
 
+@pytest.mark.slow
 def test_depth_stage_trains_exports_and_feeds_the_talking_head(
     tmp_path, vox_root):
   """The depth stage trains and exports its model, and the talking-head
@@ -51,6 +53,7 @@ def test_depth_stage_trains_exports_and_feeds_the_talking_head(
   np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+@pytest.mark.slow
 def test_uncertainty_aware_depth_stage(tmp_path, vox_root):
   cfg = tiny_config(vox_root, trainer="depth",
                     overrides=["model_params.depth_params.uncertainty=True"])

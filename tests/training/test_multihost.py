@@ -14,6 +14,7 @@ import sys
 
 import jax
 import numpy as np
+import pytest
 
 from train_helpers import run_steps, tiny_config
 from dagan_jax.input import pipeline
@@ -28,6 +29,7 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
+@pytest.mark.slow
 def test_two_processes_match_one(tmp_path, vox_root):
   port = _free_port()
   out = tmp_path / "result.json"

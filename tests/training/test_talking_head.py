@@ -26,6 +26,7 @@ from dagan_jax.training import talking_head as th
 from dagan_jax.training.monitor import read_metrics
 
 
+@pytest.mark.slow
 def test_step_on_4_devices_equals_1_device(vox_root):
   """Data parallelism changes no number: same global batch, same key."""
   cfg = tiny_config(vox_root)
@@ -64,6 +65,7 @@ def test_step_on_4_devices_equals_1_device(vox_root):
       rtol=1e-4, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_interrupted_run_resumes_exactly(tmp_path, vox_root):
   """Stop after step 2, resume: steps 3-4 equal those of the uninterrupted run."""
   import shutil
@@ -93,6 +95,7 @@ def test_interrupted_run_resumes_exactly(tmp_path, vox_root):
     np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
 
 
+@pytest.mark.slow
 def test_non_finite_loss_stops_naming_step_and_term(tmp_path, vox_root):
   cfg = tiny_config(vox_root, overrides=["train_params.lr_generator=1e30",
                                          "train_params.checkpoint_every=1"])
@@ -111,6 +114,7 @@ def _write_yaml(cfg, path: pathlib.Path) -> pathlib.Path:
   return path
 
 
+@pytest.mark.slow
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, vox_root):
   cfg = tiny_config(vox_root, overrides=["train_params.checkpoint_every=1000"])
   cfg_path = _write_yaml(cfg, tmp_path / "tiny.yaml")
@@ -142,6 +146,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, vox_root):
   assert meta["step"] == saved[-1]
 
 
+@pytest.mark.slow
 def test_bfloat16_compute_step_is_finite_and_close(vox_root):
   cfg = tiny_config(vox_root, overrides=["train_params.compute_dtype='bfloat16'"])
   batch = fixed_batch(cfg)
@@ -179,6 +184,7 @@ def test_held_out_reconstruction_l1_runs_at_the_training_size(vox_root):
   np.testing.assert_allclose(res["copy_source_l1"], expect, rtol=1e-5)
 
 
+@pytest.mark.slow
 def test_joint_gradient_shares_discriminator_forward_and_equals_sequential(vox_root):
   """The step's joint gradient (one discriminator forward per image kind,
   shared by both updates) equals the official sequential form: generator
