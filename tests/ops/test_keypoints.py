@@ -188,7 +188,15 @@ def test_sparse_deformed_fixture(fixture_arrays, group, driving):
 
   got = np.asarray(deform(source, kp_s, kp_d))
   want = np.moveaxis(fx[f'{group}/sparse_deformed'], 2, -1)  # (1, 11, 64, 64, 3)
-  np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
+  # As for the deformed image (test_sampling.py): ulps of the sampling grid,
+  # amplified by the inverse of J_d (its condition number), move samples by
+  # that times |grid| * W / 2 pixels; the value changes by that times the
+  # image's largest step between neighbouring pixels, plus the blend's ulps.
+  grid = np.asarray(sparse_motions(kp_s, kp_d, source.shape[1:3]))
+  cond = np.linalg.cond(np.asarray(kp_d['jacobian'], np.float64)).max()
+  steps = max(np.abs(np.diff(source, axis=a)).max() for a in (1, 2))
+  shift = cond * np.abs(grid).max() * source.shape[2] / 2
+  assert_within_ulps(got, want, 16, scale=shift * steps + np.abs(source).max())
 
 
 # ------------------------------------------------------- relative motion
