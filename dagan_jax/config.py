@@ -267,8 +267,14 @@ def _merge(base: dict, extra: dict) -> dict:
 
 
 def from_dict(d: dict) -> ml_collections.ConfigDict:
-  """A ConfigDict from a dict, with the extra keys filled in, validated."""
-  cfg = ml_collections.ConfigDict(_merge(d, extra_defaults()))
+  """A ConfigDict from a dict, with the extra keys filled in (the trainer's
+  ``train_params`` too, so that every default lives here), validated."""
+  full = _merge(d, extra_defaults())
+  trainer_params = (depth_train_params() if full["trainer"] == "depth"
+                    else talking_head_train_params())
+  if isinstance(full.get("train_params"), dict):
+    full["train_params"] = _merge(full["train_params"], trainer_params)
+  cfg = ml_collections.ConfigDict(full)
   validate(cfg)
   return cfg
 

@@ -17,6 +17,22 @@ def test_official_yaml_loads_with_extra_defaults(fixture_dir):
   assert cfg.model_params.common_params.num_kp == 10
   assert cfg.model_params.generator_type == "DepthAwareGenerator"
   assert cfg.model_params.kp_detector_params.use_depth is True
+  # Our trainer's keys take the schema's defaults (one place for them).
+  schema = config_lib.talking_head_train_params()
+  for key, value in schema.items():
+    assert cfg.train_params[key] == value, key
+  # The official file's own values win.
+  assert cfg.train_params.batch_size == 4 and cfg.train_params.num_repeats == 75
+
+
+def test_a_depth_config_without_our_keys_takes_the_depth_schema(tmp_path):
+  d = config_lib.depth_config()
+  for key in ("log_every", "ssim_alpha", "automask"):
+    del d["train_params"][key]
+  cfg = config_lib.from_dict(d)
+  schema = config_lib.depth_train_params()
+  for key in ("log_every", "ssim_alpha", "automask"):
+    assert cfg.train_params[key] == schema[key], key
 
 
 def test_overrides_parse_types_and_reject_unknown_keys(fixture_dir):

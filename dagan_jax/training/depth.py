@@ -102,22 +102,22 @@ def make_task(config, steps_per_epoch: int) -> DepthTask:
     pose = UncertaintyPoseNetwork(num_layers=int(dp.num_layers), image_size=(h, w))
   else:
     pose = PosePair(int(dp.num_layers), (h, w))
-  scales = tuple(int(s) for s in tp.get("scales", [0, 1, 2, 3]))
+  scales = tuple(int(s) for s in tp.scales)
   missing = sorted(set(scales) - set(int(s) for s in dp.get("scales", [0, 1, 2, 3])))
   if missing:
     raise ConfigError(f"train_params.scales {list(scales)} uses decoder scales "
                       f"{missing} that model_params.depth_params.scales lacks")
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(
-      str(tp.get("compute_dtype", "float32")))
+      str(tp.compute_dtype))
   if dtype is None:
     raise ConfigError(f"train_params.compute_dtype is {tp.compute_dtype!r}")
   return DepthTask(
       models=models, pose=pose,
       optimizer=optim.depth_optimizer(tp, steps_per_epoch), scales=scales,
       min_depth=float(tp.min_depth), max_depth=float(tp.max_depth),
-      ssim_alpha=float(tp.get("ssim_alpha", 0.85)),
-      ssim_halved=bool(tp.get("ssim_halved", True)),
-      automask=bool(tp.get("automask", True)),
+      ssim_alpha=float(tp.ssim_alpha),
+      ssim_halved=bool(tp.ssim_halved),
+      automask=bool(tp.automask),
       uncertainty=bool(dp.get("uncertainty", False)),
       loss_weights=dict(tp.loss_weights), compute_dtype=dtype)
 
@@ -302,26 +302,26 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
   mesh = parallel.make_mesh()
   global_bs = int(tp.batch_size)
   host_bs = parallel.per_host_batch_size(global_bs, mesh)
-  skip_bad = bool(tp.get("skip_bad_data", False))
+  skip_bad = bool(tp.skip_bad_data)
   split_data = pipeline.open_split(config.dataset_params, "train",
                                    min_frames=3, skip_bad=skip_bad)
   groups = clips_lib.group_clips(split_data.clips,
                                  bool(config.dataset_params.get("id_sampling", False)))
-  steps_per_epoch = max(len(groups) * int(tp.get("num_repeats", 1)) // global_bs, 1)
-  total_steps = int(tp.get("max_steps", 0) or 0) or int(tp.num_epochs) * steps_per_epoch
+  steps_per_epoch = max(len(groups) * int(tp.num_repeats) // global_bs, 1)
+  total_steps = int(tp.max_steps or 0) or int(tp.num_epochs) * steps_per_epoch
   if max_steps is not None:  # overrides the epoch count (and max_steps)
     total_steps = int(max_steps)
   dataset = pipeline.make_depth_dataset(
       config.dataset_params, split="train", seed=seed, batch_size=host_bs,
-      num_repeats=int(tp.get("num_repeats", 1)),
-      num_workers=int(tp.get("num_workers", 0)), skip_bad=skip_bad,
+      num_repeats=int(tp.num_repeats),
+      num_workers=int(tp.num_workers), skip_bad=skip_bad,
       split_data=split_data)
   data_iter = iter(dataset)
 
   task = make_task(config, steps_per_epoch)
   state = init_state(task, jax.random.key(seed), config.dataset_params.frame_shape)
   state = parallel.replicate(state, mesh)
-  ckpt = Checkpointer(workdir, max_to_keep=int(tp.get("keep_checkpoints", 3)))
+  ckpt = Checkpointer(workdir, max_to_keep=int(tp.keep_checkpoints))
   meta = {"skipped": 0}
   notes = []
   if ckpt.latest_step() is not None:
@@ -339,9 +339,9 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
     monitor.write(line)
 
   base_key = jax.random.key(seed + 1)
-  log_every = max(int(tp.get("log_every", 20)), 1)
-  ckpt_every = max(int(tp.get("checkpoint_every", 1000)), 1)
-  image_every = int(tp.get("image_every", 0) or 0)
+  log_every = max(int(tp.log_every), 1)
+  ckpt_every = max(int(tp.checkpoint_every), 1)
+  image_every = int(tp.image_every or 0)
   at = Progress(step=start, skipped=int(meta.get("skipped", 0)))
   vis = {}
 

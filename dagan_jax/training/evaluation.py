@@ -100,8 +100,8 @@ def reconstruction_l1(config, task, state, frozen, *, num_videos: int | None = N
   """
   from dagan_jax.input import pipeline  # pylint: disable=import-outside-toplevel
   tp = config.train_params
-  num_videos = num_videos or int(tp.get("eval_num_videos", 8) or 8)
-  num_frames = num_frames or int(tp.get("eval_num_frames", 16) or 16)
+  num_videos = num_videos or int(tp.eval_num_videos or 8)
+  num_frames = num_frames or int(tp.eval_num_frames or 16)
   dp = config.dataset_params
   fwd = _forward(task)
   variables = _variables(task, state, frozen)

@@ -142,11 +142,11 @@ def make_task(config, *, global_batch_size: int, steps_per_epoch: int,
         f"train_params.scales {list(scales)} (the discriminator reads the "
         "image pyramid)")
   dtype = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}.get(
-      str(tp.get("compute_dtype", "float32")))
+      str(tp.compute_dtype))
   if dtype is None:
     raise ConfigError(f"train_params.compute_dtype is {tp.compute_dtype!r}; "
                       "expected 'float32' or 'bfloat16'")
-  form = str(tp.get("kp_distance_form", "sign"))
+  form = str(tp.kp_distance_form)
   if form not in ("sign", "hinge"):
     raise ConfigError(f"train_params.kp_distance_form is {form!r}; expected "
                       "'sign' (official, logged only) or 'hinge'")
@@ -158,7 +158,7 @@ def make_task(config, *, global_batch_size: int, steps_per_epoch: int,
       else dict(tp.loss_weights),
       transform_params=dict(tp.transform_params),
       kp_distance_form=form,
-      kp_distance_threshold=float(tp.get("kp_distance_threshold", 0.2)),
+      kp_distance_threshold=float(tp.kp_distance_threshold),
       use_depth_network=requires_depth_network(config),
       compute_dtype=dtype, global_batch_size=global_batch_size)
 
@@ -503,7 +503,7 @@ def load_frozen(config, task: Task) -> tuple[dict[str, Any], list[str]]:
   frozen: dict[str, Any] = {}
   notes = []
   if task.use_depth_network:
-    path = str(tp.get("depth_checkpoint", "") or "")
+    path = str(tp.depth_checkpoint or "")
     if path:
       _, variables = checkpoints.load_model(
           resolve_model_dir(path), config,
@@ -520,8 +520,8 @@ def load_frozen(config, task: Task) -> tuple[dict[str, Any], list[str]]:
                    "real training: train a depth config first")
   if sum(float(w) for w in task.loss_weights["perceptual"]) != 0:
     _, vgg_vars, desc = convert_dagan.load_perceptual_backbone(
-        tp.get("vgg19_weights", "") or None,
-        arch=tp.get("perceptual_backbone", None) or None)
+        tp.vgg19_weights or None,
+        arch=tp.perceptual_backbone or None)
     frozen["vgg"] = vgg_vars
     notes.append(f"perceptual loss backbone: {desc}")
   return frozen, notes
@@ -556,19 +556,19 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
   mesh = parallel.make_mesh()
   global_bs = int(tp.batch_size)
   host_bs = parallel.per_host_batch_size(global_bs, mesh)
-  skip_bad = bool(tp.get("skip_bad_data", False))
+  skip_bad = bool(tp.skip_bad_data)
 
   # Data.
   split_data = pipeline.open_split(config.dataset_params, "train",
                                    skip_bad=skip_bad)
   records = epoch_size(config, split_data)
   steps_per_epoch = max(records // global_bs, 1)
-  total_steps = int(tp.get("max_steps", 0) or 0) or int(tp.num_epochs) * steps_per_epoch
+  total_steps = int(tp.max_steps or 0) or int(tp.num_epochs) * steps_per_epoch
   if max_steps is not None:  # overrides the epoch count (and max_steps)
     total_steps = int(max_steps)
   dataset = pipeline.make_pair_dataset(
       config.dataset_params, split="train", seed=seed, batch_size=host_bs,
-      num_repeats=int(tp.num_repeats), num_workers=int(tp.get("num_workers", 0)),
+      num_repeats=int(tp.num_repeats), num_workers=int(tp.num_workers),
       skip_bad=skip_bad, split_data=split_data)
   data_iter = iter(dataset)
 
@@ -576,8 +576,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
   vgg_module = None
   lw = tp.loss_weights
   if sum(float(w) for w in lw.perceptual) != 0:
-    arch = "vgg19" if (tp.get("vgg19_weights", "") or
-                       tp.get("perceptual_backbone", "") == "vgg19") else "vgg16"
+    arch = "vgg19" if (tp.vgg19_weights or
+                       tp.perceptual_backbone == "vgg19") else "vgg16"
     vgg_module = vgg_lib.VGGFeatures(arch=arch)
   task = make_task(config, global_batch_size=global_bs,
                    steps_per_epoch=steps_per_epoch, vgg=vgg_module)
@@ -588,7 +588,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
   state = parallel.replicate(state, mesh)
   frozen = parallel.replicate(frozen, mesh)
 
-  ckpt = Checkpointer(workdir, max_to_keep=int(tp.get("keep_checkpoints", 3)))
+  ckpt = Checkpointer(workdir, max_to_keep=int(tp.keep_checkpoints))
   meta = {"trainer": "talking_head", "skipped": 0}
   if ckpt.latest_step() is not None:
     state, meta = ckpt.restore(abstract_like(state), data_iter)
@@ -608,10 +608,10 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
     monitor.write(line)
 
   base_key = jax.random.key(seed + 1)
-  log_every = max(int(tp.get("log_every", 10)), 1)
-  ckpt_every = max(int(tp.get("checkpoint_every", 1000)), 1)
-  image_every = int(tp.get("image_every", 0) or 0)
-  eval_every = int(tp.get("eval_every", 0) or 0)
+  log_every = max(int(tp.log_every), 1)
+  ckpt_every = max(int(tp.checkpoint_every), 1)
+  image_every = int(tp.image_every or 0)
+  eval_every = int(tp.eval_every or 0)
   at = Progress(step=start, skipped=int(meta.get("skipped", 0)))
   vis_batch = {}
   summary: dict[str, Any] = {"notes": notes}
