@@ -172,14 +172,21 @@ def official_train_worker(official_dir: str, layers: int, batch: int) -> None:
   _serve(step)
 
 
-def official_animate_worker(official_dir: str) -> None:
-  torch = _import_official(official_dir)
+def stub_animate_imports() -> None:
+  """``animate.py`` imports the dataset and logger modules, which its
+  ``normalize_kp`` does not use (and which need files and packages a CPU
+  machine may lack): empty stand-ins take their place."""
   for name, attrs in (("frames_dataset", ("PairedDataset",)),
                       ("logger", ("Logger", "Visualizer"))):
     stub = types.ModuleType(name)
     for attr in attrs:
       setattr(stub, attr, None)
     sys.modules[name] = stub
+
+
+def official_animate_worker(official_dir: str) -> None:
+  torch = _import_official(official_dir)
+  stub_animate_imports()
   import depth  # pylint: disable=import-outside-toplevel,import-error
   import modules.generator as gen_lib  # pylint: disable=import-outside-toplevel,import-error
   from animate import normalize_kp  # pylint: disable=import-outside-toplevel,import-error

@@ -32,14 +32,14 @@ import json
 import os
 import pathlib
 import sys
-import types
 
 import numpy as np
 
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from benchmarks.official_ab import _import_official, _official_config  # noqa: E402
+from benchmarks.official_ab import (  # noqa: E402
+    _import_official, _official_config, stub_animate_imports)
 
 
 def _randomise_norms(torch, module, gen) -> None:
@@ -87,12 +87,7 @@ def main(argv: list[str] | None = None) -> int:
   images = np.concatenate([_frames(source_video, idx[:1]), _frames(video, idx[1:])])
 
   torch = _import_official(os.path.abspath(args.official_dir))
-  for name, attrs in (("frames_dataset", ("PairedDataset",)),
-                      ("logger", ("Logger", "Visualizer"))):
-    stub = types.ModuleType(name)
-    for attr in attrs:
-      setattr(stub, attr, None)
-    sys.modules[name] = stub
+  stub_animate_imports()
   import yaml  # pylint: disable=import-outside-toplevel
   import depth  # pylint: disable=import-outside-toplevel,import-error
   import modules.generator as gen_lib  # pylint: disable=import-outside-toplevel,import-error
