@@ -17,10 +17,12 @@ frames.
 Weights are torch's default initialisation with the normalisation layers made
 non-trivial (BatchNorm running statistics and affine parameters, and the
 attention's gamma, which starts at 0, drawn at random), so that no layer is
-an identity. The arrays recorded are the networks' outputs and the
-generator's stage outputs the parity test forces (dense-motion outputs,
-``generator.attn_out``, ``generator.bottleneck_out``, ``generator.up_out``),
-NCHW as torch has them; the keypoint detector's internals are not recorded.
+an identity. The arrays are those of ``../shared/fixtures/README.md``, NCHW as torch has
+them: the networks' outputs, the keypoint detector's and dense-motion
+network's internals, the generator's stage outputs the parity test forces
+(``generator.attn_out``, ``generator.bottleneck_out``, ``generator.up_out``),
+the driving frame's image pyramid and one random TPS of the equivariance
+loss (``transform/*``).
 The official modules run unmodified (``benchmarks/official_ab.py`` patches
 only what needs a GPU or a download).
 """
@@ -123,6 +125,17 @@ def main(argv: list[str] | None = None) -> int:
   generator.up_blocks[-1].register_forward_hook(
       lambda m, i, o: rec.update({"generator.up_out": o}))
 
+  # The keypoint detector's and the dense-motion network's internals.
+  kp_rec: dict[str, torch.Tensor] = {}
+  for mod, name in ((kp_detector.down, "down_out"), (kp_detector.predictor, "predictor_out"),
+                    (kp_detector.kp, "kp_logits"), (kp_detector.jacobian, "jacobian_map")):
+    mod.register_forward_hook(lambda m, i, o, name=name: kp_rec.update({name: o}))
+  dense = generator.dense_motion_network
+  dense.down.register_forward_hook(
+      lambda m, i, o: rec.update({"dense_motion.down_out": o}))
+  dense.hourglass.register_forward_hook(
+      lambda m, i, o: rec.update({"dense_motion.hourglass_out": o}))
+
   def forward_all() -> dict:
     arrays: dict[str, np.ndarray] = {}
     names = ("source", "driving_initial", "driving")
@@ -143,9 +156,12 @@ def main(argv: list[str] | None = None) -> int:
               arrays[f"depth/source.encoder_feature{i}.channel_mean"] = f.mean((2, 3))
             else:
               arrays[f"depth/source.encoder_feature{i}"] = f
+        kp_rec.clear()
         kp[n] = kp_detector(torch.cat((x[n], disp[n]), 1))
         for k in ("value", "jacobian"):
           arrays[f"kp_{n}/{k}"] = kp[n][k]
+        for k, v in kp_rec.items():
+          arrays[f"kp_{n}/kp_detector.{k}"] = v
       kp_norm = normalize_kp(kp_source=kp["source"], kp_driving=kp["driving"],
                              kp_driving_initial=kp["driving_initial"],
                              use_relative_movement=True, use_relative_jacobian=True,
@@ -202,7 +218,28 @@ def main(argv: list[str] | None = None) -> int:
       if conv.bias is not None and not around_bias:
         conv.bias.sub_(mean).mul_(target / std)
   arrays = forward_all()
-  arrays = {k: np.asarray(v.numpy() if hasattr(v, "numpy") else v, np.float32)
+
+  # The image pyramid of the perceptual loss and one random TPS of the
+  # equivariance loss (official modules/model.py), on the driving frame.
+  from modules.model import ImagePyramide, Transform  # pylint: disable=import-outside-toplevel,import-error
+  driving = torch.tensor(images[2].transpose(2, 0, 1)[None])
+  with torch.no_grad():
+    pyramid = ImagePyramide(cfg["train_params"]["scales"], 3)(driving)
+  for scale in cfg["train_params"]["scales"]:
+    if scale != 1:
+      arrays[f"pyramid/driving.prediction_{scale}"] = pyramid[f"prediction_{scale}"]
+  torch.manual_seed(args.seed + 1)
+  tps = Transform(1, **cfg["train_params"]["transform_params"])
+  kp_value = torch.tensor(np.asarray(arrays["kp_driving/value"]))
+  arrays["transform/theta"] = tps.theta
+  pts = cfg["train_params"]["transform_params"]["points_tps"]
+  arrays["transform/control_points"] = tps.control_points.reshape(1, pts, pts, 2)
+  arrays["transform/control_params"] = tps.control_params
+  with torch.no_grad():
+    arrays["transform/transformed_driving"] = tps.transform_frame(driving)
+    arrays["transform/warp_kp_driving"] = tps.warp_coordinates(kp_value)
+  arrays["transform/jacobian_at_kp_driving"] = tps.jacobian(kp_value.requires_grad_())
+  arrays = {k: np.asarray(v.detach().numpy() if hasattr(v, "numpy") else v, np.float32)
             for k, v in arrays.items()}
   np.savez(out / "fixture.npz", **arrays)
 
@@ -223,6 +260,12 @@ def main(argv: list[str] | None = None) -> int:
           "demo_flags": f"--relative --adapt_scale --kp_num {args.num_kp}",
           "attention_rows": "attention[:, ::128, :] of the (B, HW, HW) softmax matrix",
           "made_by": "scripts/make_parity_fixture.py",
+          "param_counts": {name: sum(p.numel() for p in net.parameters())
+                           for name, net in (("generator", generator),
+                                             ("kp_detector", kp_detector),
+                                             ("discriminator", discriminator),
+                                             ("depth_encoder", encoder),
+                                             ("depth_decoder", decoder))},
           "arrays": {k: list(v.shape) for k, v in arrays.items()}}
   (out / "meta.json").write_text(json.dumps(meta, indent=1))
   print(f"wrote {len(arrays)} arrays and the official checkpoints to {out}")

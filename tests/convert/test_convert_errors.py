@@ -73,6 +73,9 @@ def test_missing_unexpected_and_misshaped_keys_are_all_named(small):
   models = build.build_models(cfg)
   bad = dict(ckpt)
   kp = dict(bad["kp_detector"])
+  bias_shape = list(np.shape(kp["module.jacobian.bias"]))
+  var_key = "module.predictor.decoder.up_blocks.0.norm.running_var"
+  var_shape = list(np.shape(kp[var_key]))
   del kp["module.jacobian.bias"]
   kp["module.extra_head.weight"] = np.zeros((2, 3, 1, 1), np.float32)
   kp["module.predictor.decoder.up_blocks.0.norm.running_var"] = np.ones(7, np.float32)
@@ -81,22 +84,24 @@ def test_missing_unexpected_and_misshaped_keys_are_all_named(small):
     dagan.convert_dagan_checkpoint(bad, models, source="bad.pth.tar")
   msg = str(e.value)
   assert "kp_detector (bad.pth.tar)" in msg
-  assert "missing keys (1)" in msg and "jacobian.bias: [40]" in msg
+  assert "missing keys (1)" in msg and f"jacobian.bias: {bias_shape}" in msg
   assert "unexpected keys (1)" in msg and "extra_head.weight: [2, 3, 1, 1]" in msg
   assert "mis-shaped keys (1)" in msg
   assert ("predictor.decoder.up_blocks.0.norm.running_var: checkpoint [7], "
-          "expected [64]") in msg
+          f"expected {var_shape}") in msg
 
 
 def test_wrong_number_of_keypoints_is_diagnosed(small):
   _, cfg, ckpt = small
-  cfg15 = apply_overrides(cfg, ["model_params.common_params.num_kp=15"])
+  k = int(cfg.model_params.common_params.num_kp)  # the fixture's
+  c = np.shape(ckpt["kp_detector"]["module.kp.weight"])[1]
+  other = apply_overrides(cfg, [f"model_params.common_params.num_kp={k + 5}"])
   with pytest.raises(CheckpointMismatchError) as e:
-    dagan.convert_dagan_checkpoint(ckpt, build.build_models(cfg15))
+    dagan.convert_dagan_checkpoint(ckpt, build.build_models(other))
   msg = str(e.value)
-  assert "predicts 10 keypoints but model_params.common_params.num_kp is 15" in msg
-  assert "trained with 10 keypoints" in msg
-  assert "kp.weight: checkpoint [10, 12, 7, 7], expected [15, 12, 7, 7]" in msg
+  assert f"predicts {k} keypoints but model_params.common_params.num_kp is {k + 5}" in msg
+  assert f"trained with {k} keypoints" in msg
+  assert f"kp.weight: checkpoint [{k}, {c}, 7, 7], expected [{k + 5}, {c}, 7, 7]" in msg
 
 
 def test_spade_checkpoint_for_plain_generator_and_vice_versa(small):
@@ -125,7 +130,8 @@ def test_spade_checkpoint_for_plain_generator_and_vice_versa(small):
   # ... and the same SPADE weights convert under the SPADE config.
   variables, _ = dagan.convert_dagan_checkpoint(bad, spade_models)
   assert "weight_u" not in str(variables)
-  assert variables["generator"]["batch_stats"]["decoder"]["up_0"]["conv_s"]["u"].shape == (32,)
+  u = variables["generator"]["batch_stats"]["decoder"]["up_0"]["conv_s"]["u"]
+  assert u.shape == spade_sd["decoder.up_0.conv_s.weight_u"].shape
 
 
 def test_resnet50_depth_weights_with_18_layer_config(small):
@@ -171,13 +177,14 @@ def test_anti_alias_buffer_of_another_scale_is_an_error(small):
 
 
 def test_cli_reports_mismatch_with_exit_code_2(small, tmp_path, capsys):
-  root, _, _ = small
+  root, cfg, _ = small
+  other = int(cfg.model_params.common_params.num_kp) + 5
   rc = cli.main(["convert", "--checkpoint", str(root / "dagan.pth.tar"),
                  "--config", str(root / "config.yaml"), "--out", str(tmp_path / "m"),
-                 "--set", "model_params.common_params.num_kp=15"])
+                 "--set", f"model_params.common_params.num_kp={other}"])
   assert rc == 2
   err = capsys.readouterr().err
-  assert "dagan-jax convert: error:" in err and "num_kp is 15" in err
+  assert "dagan-jax convert: error:" in err and f"num_kp is {other}" in err
   assert not (tmp_path / "m" / "variables").exists()
 
 
