@@ -42,3 +42,18 @@ def assert_within_ulps(got, want, ulps: float, *, scale=None,
         f"{ulps} ulps of their scale; worst at {worst}: got {got[worst]!r}, "
         f"want {want[worst]!r}, error {err[worst]:.3e} > bound "
         f"{np.broadcast_to(bound, err.shape)[worst]:.3e}. {err_msg}")
+
+
+def warp_scale(image, grid_extent: float) -> float:
+  """The magnitude a bilinear warp's rounding is relative to.
+
+  A few ulps of a sampling grid whose coordinates reach ``grid_extent`` (in
+  [-1, 1] units; include any amplification, e.g. a condition number) move a
+  sample by ulps * EPS32 * grid_extent * W / 2 pixels, which changes the
+  value by that times the image's largest step between neighbouring pixels;
+  the blend itself adds a few ulps of the largest value. ``image`` is NHWC.
+  """
+  image = np.asarray(image, np.float64)
+  steps = max(float(np.abs(np.diff(image, axis=a)).max()) for a in (1, 2))
+  shift = grid_extent * image.shape[2] / 2
+  return shift * steps + float(np.abs(image).max())

@@ -11,7 +11,7 @@ from dagan_jax.ops.keypoints import (convex_hull_area, heatmap_to_keypoints,
                                      inverse_2x2, jacobian_from_maps,
                                      kp_to_gaussian, movement_scale,
                                      normalize_kp, sparse_motions)
-from float32_bounds import assert_within_ulps
+from float32_bounds import assert_within_ulps, warp_scale
 
 KP_SETS = ('kp_source', 'kp_driving', 'kp_driving_initial')
 
@@ -188,15 +188,12 @@ def test_sparse_deformed_fixture(fixture_arrays, group, driving):
 
   got = np.asarray(deform(source, kp_s, kp_d))
   want = np.moveaxis(fx[f'{group}/sparse_deformed'], 2, -1)  # (1, 11, 64, 64, 3)
-  # As for the deformed image (test_sampling.py): ulps of the sampling grid,
-  # amplified by the inverse of J_d (its condition number), move samples by
-  # that times |grid| * W / 2 pixels; the value changes by that times the
-  # image's largest step between neighbouring pixels, plus the blend's ulps.
+  # The warp's rounding (float32_bounds.warp_scale), the grid's ulps
+  # amplified by the inverse of J_d (its condition number).
   grid = np.asarray(sparse_motions(kp_s, kp_d, source.shape[1:3]))
   cond = np.linalg.cond(np.asarray(kp_d['jacobian'], np.float64)).max()
-  steps = max(np.abs(np.diff(source, axis=a)).max() for a in (1, 2))
-  shift = cond * np.abs(grid).max() * source.shape[2] / 2
-  assert_within_ulps(got, want, 16, scale=shift * steps + np.abs(source).max())
+  assert_within_ulps(got, want, 16,
+                     scale=warp_scale(source, cond * np.abs(grid).max()))
 
 
 # ------------------------------------------------------- relative motion

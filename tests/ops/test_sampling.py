@@ -9,7 +9,7 @@ import pytest
 
 from dagan_jax.ops import sampling
 from dagan_jax.ops.sampling import grid_sample, resize_bilinear, resize_nearest
-from float32_bounds import assert_within_ulps
+from float32_bounds import assert_within_ulps, warp_scale
 
 MODES = ('zeros', 'border', 'reflection')
 CASES = list(itertools.product(MODES, (False, True)))
@@ -288,9 +288,7 @@ def test_deformed_image_fixture(fixture_arrays, group):
 
   got = np.asarray(deform(source, deformation))
   want = np.moveaxis(fx[f'{group}/deformed'], 1, -1)
-  # A few ulps of the upsampled grid move a sample by ulps * eps * |grid| *
-  # W / 2 pixels, which changes the value by that times the image's largest
-  # step between neighbouring pixels; plus a few ulps of the blend itself.
-  steps = max(np.abs(np.diff(source, axis=a)).max() for a in (1, 2))
-  shift = np.abs(deformation).max() * source.shape[2] / 2
-  assert_within_ulps(got, want, 8, scale=shift * steps + np.abs(source).max())
+  # The warp's rounding: ulps of the upsampled grid move samples
+  # (float32_bounds.warp_scale).
+  assert_within_ulps(got, want, 8,
+                     scale=warp_scale(source, np.abs(deformation).max()))

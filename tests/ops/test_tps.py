@@ -8,7 +8,7 @@ import pytest
 from dagan_jax.ops import grid_sample, make_coordinate_grid
 from dagan_jax.ops.tps import (TPSParams, sample_tps, tps_jacobian,
                                warp_coordinates, warp_frame)
-from float32_bounds import assert_within_ulps
+from float32_bounds import assert_within_ulps, warp_scale
 
 
 def nhwc(a):
@@ -133,13 +133,9 @@ def test_transform_fixture(fixture_arrays, fixture_tps):
   np.testing.assert_allclose(
       np.asarray(jax.jit(tps_jacobian)(fixture_tps, kp)),
       fx['transform/jacobian_at_kp_driving'], atol=1e-5, rtol=0)
-  # The warped frame: a few ulps of the warped coordinates (|x| <= ~1.3)
-  # move a 256x256 sample by ulps * eps * |x| * W / 2 pixels, which changes
-  # the value by that times the largest step between neighbouring pixels
-  # (as for the deformed image in test_sampling.py).
+  # The warped frame: the warp's rounding (float32_bounds.warp_scale) with
+  # warped coordinates up to about 1.3 in magnitude.
   frame = nhwc(fx['input/driving'])
-  steps = max(np.abs(np.diff(frame, axis=a)).max() for a in (1, 2))
-  shift = 1.5 * frame.shape[2] / 2
   assert_within_ulps(np.asarray(jax.jit(warp_frame)(fixture_tps, frame)),
                      nhwc(fx['transform/transformed_driving']), 16,
-                     scale=shift * steps + np.abs(frame).max())
+                     scale=warp_scale(frame, 1.5))

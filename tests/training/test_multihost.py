@@ -34,11 +34,15 @@ def test_two_processes_match_one(tmp_path, vox_root):
   port = _free_port()
   out = tmp_path / "result.json"
   workdir = tmp_path / "run"
-  # No simulated-device flag (the worker sets 2 per process) and no shared
-  # persistent compilation cache between the two cooperating processes.
+  # The suite's XLA flags but its simulated-device count (the worker sets 2
+  # per process), and no shared persistent compilation cache between the
+  # two cooperating processes.
   env = {k: v for k, v in os.environ.items()
-         if k not in ("XLA_FLAGS", "JAX_COMPILATION_CACHE_DIR",
+         if k not in ("JAX_COMPILATION_CACHE_DIR",
                       "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS")}
+  env["XLA_FLAGS"] = " ".join(
+      f for f in env.get("XLA_FLAGS", "").split()
+      if not f.startswith("--xla_force_host_platform_device_count="))
   procs = [subprocess.Popen(
       [sys.executable, str(WORKER), "--process-id", str(i), "--port", str(port),
        "--root", vox_root, "--out", str(out), "--workdir", str(workdir)],
