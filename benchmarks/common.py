@@ -99,7 +99,6 @@ def machine_info() -> dict[str, Any]:
   import jax  # pylint: disable=import-outside-toplevel
   import jaxlib  # pylint: disable=import-outside-toplevel
 
-  from dagan_jax import xla_options  # pylint: disable=import-outside-toplevel
   devices = jax.devices()
   return {
       "date": datetime.datetime.now(datetime.timezone.utc).strftime(
@@ -117,10 +116,6 @@ def machine_info() -> dict[str, Any]:
       "flax": flax.__version__,
       "numpy": np.__version__,
       "xla_flags": os.environ.get("XLA_FLAGS", ""),
-      # The package's own compile options (dagan_jax/xla_options.py) that
-      # are set: a slow row cannot hide a debug setting.
-      "package_env": {name: os.environ[name] for name in xla_options.ENV_VARS
-                      if os.environ.get(name)},
       "commit": git_commit(),
       "loadavg": loadavg(),
   }

@@ -16,19 +16,24 @@ Contenders (``NAME=KIND[:ARG][@ALLOCATOR][,VAR=VALUE...]``, any number):
   ``train.py``'s three Adam updates; 15 keypoints, RGB-D keypoints as
   ``--rgbd``), random weights, with a ResNet-``LAYERS`` face depth network
   (the official training code hard-codes ResNet-50; its demo uses 18).
-* ``ours-train:LAYERS`` -- ours, the same step (``configs/vox256_dagan.py``).
+* ``ours-train:LAYERS[/KERNELS]`` -- ours, the same step
+  (``configs/vox256_dagan.py``); ``KERNELS`` sets ``compute.kernels``
+  ('auto' by default, 'xla' for the plain program).
 * ``official-animate`` -- one frame of the official ``demo.py`` loop
   (driving depth with ResNet-18, keypoints, ``normalize_kp`` with relative
   motion and adaptive scale, generator), batch 1.
-* ``ours-animate`` -- animate's per-frame function (source cached), batch 1.
+* ``ours-animate[:KERNELS]`` -- animate's per-frame function (source
+  cached), batch 1.
 
 ``@ALLOCATOR`` starts that worker with a C allocator of
 :mod:`dagan_jax.allocator` (``jemalloc``, ``tcmalloc``, ``mimalloc``, ``glibc-thp``,
 ``auto``: what the ``dagan-jax`` command picks here); without it a worker
 runs with this process's (``system``), whichever contender it is.
-``,VAR=VALUE`` items are added to that worker's environment: an A/B of one
-of the package's switches, e.g. ``w0=ours-train:50@mimalloc,DAGAN_JAX_WINOGRAD=0``
-against ``w1=ours-train:50@mimalloc``.
+``,VAR=VALUE`` items are added to that worker's environment.
+``--repo NAME=DIR`` runs contender ``NAME``'s worker from another checkout
+of this repository (its own ``benchmarks/official_ab.py``): the same-time
+A/B of two commits, e.g. ``--repo base=../base base=ours-train:50
+new=ours-train:50``.
 
 The official workers need a checkout of harlanhong/CVPR2022-DaGAN
 (``--official-dir``), ``torch`` and ``torchvision``; they run the official
@@ -227,13 +232,14 @@ def official_animate_worker(official_dir: str) -> None:
   _serve(step)
 
 
-def ours_train_worker(layers: int, batch: int) -> None:
+def ours_train_worker(layers: int, batch: int, kernels: str = "auto") -> None:
   sys.path.insert(0, REPO)
   import jax  # pylint: disable=import-outside-toplevel
 
   from benchmarks import run  # pylint: disable=import-outside-toplevel
   _, _, step, (state, data, frozen, key) = run.training_inputs(
-      "dagan256", batch, {"model_params.depth_params.num_layers": layers})
+      "dagan256", batch, {"model_params.depth_params.num_layers": layers,
+                          "compute.kernels": kernels})
   compiled = step.lower(state, data, frozen, key).compile()
   holder = {"state": state, "i": 0}
 
@@ -246,13 +252,13 @@ def ours_train_worker(layers: int, batch: int) -> None:
   _serve(one)
 
 
-def ours_animate_worker() -> None:
+def ours_animate_worker(kernels: str = "auto") -> None:
   sys.path.insert(0, REPO)
   import jax  # pylint: disable=import-outside-toplevel
   import numpy as np  # pylint: disable=import-outside-toplevel
 
   from benchmarks import run  # pylint: disable=import-outside-toplevel
-  an, args, _ = run.inference_inputs("dagan256", 1)
+  an, args, _ = run.inference_inputs("dagan256", 1, kernels=kernels)
   compiled = an.compiled.drive_fn.lower(*args).compile()
 
   def one() -> float:
@@ -264,14 +270,20 @@ def ours_animate_worker() -> None:
 # --------------------------------------------------------------------------
 # The driver
 
-def worker_command(kind: str, arg: str | None, official_dir: str | None) -> list[str]:
-  """The command line of one contender's worker process."""
+def worker_command(kind: str, arg: str | None, official_dir: str | None,
+                   repo: str | None = None) -> list[str]:
+  """The command line of one contender's worker process (``repo``: run the
+  worker of another checkout of this repository)."""
   if kind not in KINDS:
     raise ValueError(f"unknown contender kind {kind!r}; expected one of {KINDS}")
   if kind.startswith("official") and not official_dir:
     raise ValueError(f"{kind} needs --official-dir (a checkout of "
                      "harlanhong/CVPR2022-DaGAN)")
-  cmd = [sys.executable, os.path.abspath(__file__), "--worker", kind]
+  script = (os.path.join(os.path.abspath(repo), "benchmarks", "official_ab.py")
+            if repo else os.path.abspath(__file__))
+  if not os.path.isfile(script):
+    raise ValueError(f"--repo {repo}: no benchmarks/official_ab.py there")
+  cmd = [sys.executable, script, "--worker", kind]
   if arg:
     cmd += ["--worker-arg", arg]
   if official_dir:
@@ -345,6 +357,8 @@ def main(argv: Sequence[str] | None = None) -> int:
   parser.add_argument("contenders", nargs="*", help="NAME=KIND[:ARG] (see the module doc)")
   parser.add_argument("--official-dir", default=None)
   parser.add_argument("--rounds", type=int, default=8)
+  parser.add_argument("--repo", action="append", default=[], metavar="NAME=DIR",
+                      help="run contender NAME's worker from the checkout DIR")
   parser.add_argument("--json", default=None, help="write the results here")
   parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
   parser.add_argument("--worker-arg", default=None, help=argparse.SUPPRESS)
@@ -353,17 +367,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.worker == "official-train":
       official_train_worker(args.official_dir, int(args.worker_arg or 50), 2)
     elif args.worker == "ours-train":
-      ours_train_worker(int(args.worker_arg or 18), 2)
+      layers, _, kernels = (args.worker_arg or "18").partition("/")
+      ours_train_worker(int(layers), 2, kernels or "auto")
     elif args.worker == "official-animate":
       official_animate_worker(args.official_dir)
     elif args.worker == "ours-animate":
-      ours_animate_worker()
+      ours_animate_worker(args.worker_arg or "auto")
     else:
       parser.error(f"unknown worker {args.worker!r}")
     return 0
   if len(args.contenders) < 2:
     parser.error("give at least two contenders, e.g. off=official-train:50 ours=ours-train:50")
   commands, contenders, envs, allocators = {}, {}, {}, {}
+  repos = dict(r.partition("=")[::2] for r in args.repo)
   for spec in args.contenders:
     name, _, kind_spec = spec.partition("=")
     contenders[name] = kind_spec
@@ -373,7 +389,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not name or not kind:
       parser.error(f"contender {spec!r}: expected NAME=KIND[:ARG][@ALLOCATOR][,VAR=VALUE...]")
     try:
-      commands[name] = worker_command(kind, arg or None, args.official_dir)
+      commands[name] = worker_command(kind, arg or None, args.official_dir,
+                                      repos.get(name))
       allocators[name], envs[name] = allocator.allocator_env(choice=alloc or "system")
     except ValueError as err:  # AllocatorError is one
       parser.error(f"contender {spec!r}: {err}")
@@ -384,6 +401,7 @@ def main(argv: Sequence[str] | None = None) -> int:
       envs[name][var] = value
   result = alternate(commands, args.rounds, envs=envs)
   result["contenders"] = contenders
+  result["repos"] = {name: os.path.abspath(d) for name, d in repos.items()}
   result["allocators"] = allocators
   for name in result["median_s"]:
     print(f"{name}: median {result['median_s'][name]:.3f} s, best "

@@ -10,7 +10,7 @@ Rows (each runs in its own subprocess, so that its peak RSS is its own):
 * ``inference:MODEL:B``: the per-frame function of
   :class:`dagan_jax.inference.animate.Animator` (driving depth -> driving
   keypoints -> keypoint normalisation -> generator ``decode`` on the source
-  features cached by ``prepare_source``, ``fast_eval`` on), B frames per
+  features cached by ``prepare_source``, inference rewrites on), B frames per
   call: frames/s (median over calls after a warm-up), compile time apart.
 * ``training:MODEL:B``: the full talking-head step
   (:func:`dagan_jax.training.talking_head.make_train_step`: generator +
@@ -21,8 +21,9 @@ Rows (each runs in its own subprocess, so that its peak RSS is its own):
   (:func:`dagan_jax.input.benchmark.measure_records_per_second` on the
   sample clips), next to what the training row of the same batch needs.
 * A fourth field picks a variant: ``ynn`` / ``eigenconv`` (XLA's CPU
-  library choice, below), ``bf16``, ``plain`` (inference without
-  ``fast_eval``), or ``jemalloc`` / ``tcmalloc`` / ``glibc-thp`` / ``system``:
+  library choice, below), ``bf16``, ``xla`` (``compute.kernels='xla'``: the
+  plain program, as on accelerators), ``plain`` (inference without the
+  inference rewrites), or ``jemalloc`` / ``tcmalloc`` / ``glibc-thp`` / ``system``:
   the row's process runs with that C allocator (:mod:`dagan_jax.allocator`;
   the other rows use ``--allocator``, default what the ``dagan-jax`` command
   picks on this machine).
@@ -53,7 +54,8 @@ if __package__ in (None, ""):
 
 from benchmarks import common  # noqa: E402
 from dagan_jax import allocator  # noqa: E402
-from dagan_jax import xla_options  # noqa: E402
+from dagan_jax import compute  # noqa: E402
+from dagan_jax.backends import xla_cpu  # noqa: E402
 
 #: Models the rows refer to: config spec and a label for the tables.
 MODELS = {
@@ -79,12 +81,12 @@ OFFICIAL_REFERENCE = {
 
 #: Row variants that change only XLA's compile options (``MODEL:B:VARIANT``):
 #: which CPU library runs convolutions and dots. XLA:CPU (jax 0.10.2) hands
-#: large convolutions and dots to YNNPACK by default; the package's compiled
-#: steps ask for XLA's Eigen kernels instead (:mod:`dagan_jax.xla_options`,
+#: large convolutions and dots to YNNPACK by default; the package's CPU kernel
+#: set asks for XLA's Eigen kernels instead (:mod:`dagan_jax.backends.xla_cpu`,
 #: the rows without a variant). ``ynn`` measures XLA's default, ``eigenconv``
 #: keeps dots on YNNPACK and gives convolutions to Eigen.
 VARIANT_COMPILER_OPTIONS = {
-    "ynn": {"xla_cpu_experimental_ynn_fusion_type": xla_options.YNNPACK_DEFAULT},
+    "ynn": {"xla_cpu_experimental_ynn_fusion_type": xla_cpu.YNNPACK_DEFAULT},
     "eigenconv": {"xla_cpu_experimental_ynn_fusion_type":
                   "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT"},
 }
@@ -172,7 +174,8 @@ def _cost(compiled) -> dict[str, Any]:
   return out
 
 
-def inference_inputs(model: str, batch: int, fast_eval: Any = True
+def inference_inputs(model: str, batch: int, inference_rewrites: bool = True,
+                     kernels: str = "auto"
                      ) -> tuple[Any, tuple[Any, ...], float]:
   """Animate's per-frame function for ``model`` with random weights:
   ``(animator, args of animator.compiled.drive_fn, seconds prepare_source
@@ -183,11 +186,12 @@ def inference_inputs(model: str, batch: int, fast_eval: Any = True
 
   from dagan_jax.inference import animate  # pylint: disable=import-outside-toplevel
   from dagan_jax.models import build  # pylint: disable=import-outside-toplevel
-  cfg = common.load_config(MODELS[model]["config"])
+  cfg = common.load_config(MODELS[model]["config"], {"compute.kernels": kernels})
   models = build.build_models(cfg)
   abstract = build.abstract_variables(models, build.NETWORKS[:4])
   variables = common.random_variables(abstract, seed=0)
-  an = animate.Animator(cfg, variables, batch_size=batch, fast_eval=fast_eval)
+  an = animate.Animator(cfg, variables, batch_size=batch,
+                        inference_rewrites=inference_rewrites)
   shape = an.frame_shape
   t = time.perf_counter()
   state = an.prepare_source(_frames(shape, 1, 1)[0])
@@ -204,13 +208,15 @@ def _inference_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, An
   import numpy as np  # pylint: disable=import-outside-toplevel
 
   variant = opts.get("variant", "")
-  fast_eval = {"plain": False, "bf16": "bf16"}.get(variant, True)
-  an, args, source_s = inference_inputs(model, batch, fast_eval)
+  rewrites = variant != "plain"
+  kernels = "xla" if variant == "xla" else "auto"
+  an, args, source_s = inference_inputs(model, batch, rewrites, kernels)
   t = time.perf_counter()
   compiled = an.compiled.drive_fn.lower(*args).compile(
       compiler_options=VARIANT_COMPILER_OPTIONS.get(variant))
   compile_s = time.perf_counter() - t
-  out: dict[str, Any] = {"fast_eval": fast_eval, "frame_shape": list(an.frame_shape),
+  out: dict[str, Any] = {"inference_rewrites": rewrites, "kernels": kernels,
+                         "frame_shape": list(an.frame_shape),
                          "compile_s": compile_s,
                          "prepare_source_s_incl_compile": source_s}
   if not _cost_and_time(compiled, lambda: jax.block_until_ready(compiled(*args)),
@@ -305,6 +311,8 @@ def _training_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any
   overrides = {}
   if variant == "bf16":
     overrides["train_params.compute_dtype"] = "bfloat16"
+  if variant == "xla":
+    overrides["compute.kernels"] = "xla"
   arch = str(opts.get("vgg", "vgg19"))
   cfg, _, step, (state, data, frozen, key) = training_inputs(model, batch, overrides, arch)
   t = time.perf_counter()
@@ -313,7 +321,8 @@ def _training_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any
   compile_s = time.perf_counter() - t
   out: dict[str, Any] = {"compile_s": compile_s, "perceptual_backbone":
                          f"{arch} (random weights)",
-                         "compute_dtype": str(cfg.train_params.compute_dtype)}
+                         "compute_dtype": str(cfg.train_params.compute_dtype),
+                         "kernels": str(cfg.compute.kernels)}
   holder = {"state": state, "i": 0, "metrics": None}
 
   def one_step():
@@ -408,11 +417,11 @@ def _profile_row(kind: str, model: str, batch: int, opts: dict[str, Any]
     res = breakdown.time_by_scope(compiled, args, runs=runs,
                                   classify=_classify_inference)
   else:
-    _, _, step, args = training_inputs(model, batch)
+    _, task, step, args = training_inputs(model, batch)
     # No donation here: the profiler calls the step several times on the
     # same state.
-    compiled = xla_options.jit(step.__wrapped__ if hasattr(step, "__wrapped__") else step
-                               ).lower(*args).compile(
+    compiled = compute.jit(step.__wrapped__ if hasattr(step, "__wrapped__") else step,
+                           kernels=task.kernels).lower(*args).compile(
                            compiler_options=VARIANT_COMPILER_OPTIONS.get(
                                opts.get("variant", "")))
     res = breakdown.time_by_scope(compiled, args, runs=runs,
@@ -604,7 +613,7 @@ def markdown_report(report: dict[str, Any]) -> str:
   inf = [r for r in res if r.get("kind") == "inference"]
   if inf:
     lines += ["**Inference** (animate's per-frame function, source cached, "
-              "fast_eval; frames/s = batch / median call time)", "",
+              "inference rewrites; frames/s = batch / median call time)", "",
               "| model | batch | frames/s | s/frame (median / best) | vs official | "
               "compile s | GFLOP/frame | achieved GFLOP/s (% peak) | compiled peak | "
               "peak RSS | load |",

@@ -114,6 +114,10 @@ def extra_defaults() -> dict[str, Any]:
       "trainer": "talking_head",
       "seed": 0,
       "name": "",
+      # How the program is computed (dagan_jax.compute), recorded with every
+      # checkpoint and benchmark: 'auto' (XLA:CPU kernels on the CPU backend,
+      # the plain XLA program elsewhere), 'xla' (plain everywhere) or 'cpu'.
+      "compute": {"kernels": "auto"},
       "dataset_params": {
           # 'vox' (FOMM's layout), 'hdtf' (frame folders) or 'tfds' (ArrayRecord).
           "layout": "vox",
@@ -292,6 +296,10 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if cfg.get("trainer", "talking_head") not in ("talking_head", "depth"):
     raise ConfigError(f"trainer is {cfg.trainer!r}; expected 'talking_head' "
                       "or 'depth'")
+  kernels = cfg.compute.kernels
+  if kernels not in ("auto", "xla", "cpu"):
+    raise ConfigError(f"compute.kernels is {kernels!r}; expected 'auto', "
+                      "'xla' or 'cpu'")
   mp = cfg.model_params
   for section in ("common_params", "kp_detector_params", "generator_params",
                   "discriminator_params"):

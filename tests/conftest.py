@@ -17,11 +17,6 @@ for _name, _value in _FLAGS.items():
     _xla_flags = f"{_xla_flags} {_name}={_value}".strip()
 os.environ["XLA_FLAGS"] = _xla_flags
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
-# The same numbers, XLA's convolution in place of Winograd F(2x2, 3x3):
-# the Winograd route's 16 matmuls per conv and their gradients make
-# whole-model programs compile 2-3x longer. tests/ops/test_winograd.py
-# tests the op, tests/models/test_fast_eval.py the route (both set it).
-os.environ.setdefault("DAGAN_JAX_WINOGRAD", "0")
 
 import pathlib  # noqa: E402
 

@@ -48,6 +48,7 @@ encodings at every scale) offer the pair.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import pathlib
@@ -157,19 +158,25 @@ class CompiledModel:
   shape (whatever the motion mode), never per frame or per batch.
   """
 
-  def __init__(self, config: Any, *, fast_eval: bool, use_depth_network: bool):
-    from dagan_jax import xla_options  # pylint: disable=import-outside-toplevel
+  def __init__(self, config: Any, *, inference_rewrites: bool,
+               use_depth_network: bool):
+    from dagan_jax import compute  # pylint: disable=import-outside-toplevel
     from dagan_jax.models.build import build_models  # pylint: disable=import-outside-toplevel
 
-    self.models = build_models(config, fast_eval=fast_eval)
+    self.models = build_models(config)
     self.use_depth_network = use_depth_network
     gen = self.models.generator
     self.caches_source_features = (hasattr(gen, "encode_source")
                                    and hasattr(gen, "decode"))
     self.traces: dict[str, int] = {"source": 0, "keypoints": 0, "drive": 0}
-    self.source_fn = xla_options.jit(self._source_impl)
-    self.keypoints_fn = xla_options.jit(self._keypoints_impl)
-    self.drive_fn = xla_options.jit(self._drive_impl)
+    # The one place where the networks are prepared for inference: the
+    # config's kernel set, and the exact eval-mode rewrites of the layer
+    # library (compute.use) unless switched off.
+    jit = functools.partial(compute.jit, kernels=str(config["compute"]["kernels"]),
+                            inference=inference_rewrites)
+    self.source_fn = jit(self._source_impl)
+    self.keypoints_fn = jit(self._keypoints_impl)
+    self.drive_fn = jit(self._drive_impl)
 
   def _depth(self, variables, images):
     from dagan_jax.models import build  # pylint: disable=import-outside-toplevel
@@ -263,21 +270,23 @@ class CompiledModel:
 _COMPILED: dict[tuple[str, bool, bool], CompiledModel] = {}
 
 
-def compiled_model(config: Any, *, fast_eval: bool = True,
+def compiled_model(config: Any, *, inference_rewrites: bool = True,
                    use_depth_network: bool = True) -> CompiledModel:
   """The :class:`CompiledModel` of ``config``, cached by what builds the
-  networks (``model_params`` and ``dataset_params.frame_shape``)."""
+  networks (``model_params``, ``dataset_params.frame_shape`` and
+  ``compute``)."""
   import json  # pylint: disable=import-outside-toplevel
 
   def plain(d):
     return d.to_dict() if hasattr(d, "to_dict") else d
 
   what = {"model_params": plain(config["model_params"]),
-          "frame_shape": list(config["dataset_params"]["frame_shape"])}
-  key = (json.dumps(what, sort_keys=True, default=str), bool(fast_eval),
+          "frame_shape": list(config["dataset_params"]["frame_shape"]),
+          "compute": plain(config["compute"])}
+  key = (json.dumps(what, sort_keys=True, default=str), bool(inference_rewrites),
          bool(use_depth_network))
   if key not in _COMPILED:
-    _COMPILED[key] = CompiledModel(config, fast_eval=fast_eval,
+    _COMPILED[key] = CompiledModel(config, inference_rewrites=inference_rewrites,
                                    use_depth_network=use_depth_network)
   return _COMPILED[key]
 
@@ -295,14 +304,15 @@ class Animator:
   """
 
   def __init__(self, config: Any, variables: Mapping[str, Any], *,
-               batch_size: int = DEFAULT_BATCH_SIZE, fast_eval: bool = True):
+               batch_size: int = DEFAULT_BATCH_SIZE,
+               inference_rewrites: bool = True):
     if batch_size < 1:
       raise DataError(f"batch size must be >= 1, got {batch_size}")
     self.config = config
     self.variables = {k: dict(v) for k, v in variables.items()}
     self.batch_size = int(batch_size)
     self.compiled = compiled_model(
-        config, fast_eval=fast_eval,
+        config, inference_rewrites=inference_rewrites,
         use_depth_network="depth_encoder" in self.variables)
     self.models = self.compiled.models
     self.traces = self.compiled.traces

@@ -29,7 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from dagan_jax import ops
-from dagan_jax.ops.reductions import mean_all
+from dagan_jax.compute import mean_all
 
 Array = jax.Array
 KP = Mapping[str, Array]

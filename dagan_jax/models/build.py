@@ -112,8 +112,7 @@ def _check_keys(section: str, d: Mapping[str, Any], allowed: set[str]) -> None:
 
 def build_models(config: Any, *, with_pose: bool = False,
                  axis_name: str | None = None,
-                 attention_implementation: str = "auto",
-                 fast_eval: bool = False) -> Models:
+                 attention_implementation: str = "auto") -> Models:
   """Builds every network of ``config`` (a DaGAN config, see ``config.py``).
 
   Args:
@@ -122,11 +121,6 @@ def build_models(config: Any, *, with_pose: bool = False,
     axis_name: data-parallel axis for synchronised BatchNorm, or None.
     attention_implementation: of the generator's depth-aware attention
       (see :func:`dagan_jax.ops.attention.attention`).
-    fast_eval: exact fast paths in eval mode where they pay off (decided
-      from static shapes): nearest-x2 + 3x3 conv as four 2x2 phase convs,
-      BatchNorm folded into the preceding conv
-      (:func:`dagan_jax.models.layers.conv_bn`); same variables, same results
-      up to float rounding; training unaffected.
   Raises:
     ConfigError: unknown generator type or section keys, bad depth layers.
   """
@@ -151,7 +145,7 @@ def build_models(config: Any, *, with_pose: bool = False,
   kp_args = {**kp_params, **common}
   kp_args["num_channels"] = int(common["num_channels"]) + (1 if use_depth else 0)
   _check_keys("model_params.kp_detector_params", kp_args, _KP_KEYS)
-  kp_detector = KPDetector(axis_name=axis_name, fast_eval=fast_eval,
+  kp_detector = KPDetector(axis_name=axis_name,
                            **kp_args)
 
   gen_args = {**gen_params, **common}
@@ -164,8 +158,7 @@ def build_models(config: Any, *, with_pose: bool = False,
     _check_keys("model_params.generator_params.dense_motion_params", dm, _DM_KEYS)
     gen_args["dense_motion_params"] = dm
   generator = GENERATOR_REGISTRY[gen_type](
-      axis_name=axis_name, attention_implementation=attention_implementation,
-      fast_eval=fast_eval, **gen_args)
+      axis_name=axis_name, attention_implementation=attention_implementation, **gen_args)
 
   disc_args = {**disc_params, **common}
   disc_args.pop("estimate_jacobian", None)
@@ -176,11 +169,11 @@ def build_models(config: Any, *, with_pose: bool = False,
   frame_shape = tuple(int(v) for v in config["dataset_params"]["frame_shape"])
   pose_encoder = pose_decoder = None
   if with_pose:
-    pose_encoder = PoseEncoder(num_layers, fast_eval=fast_eval)
+    pose_encoder = PoseEncoder(num_layers)
     pose_decoder = PoseDecoder(num_ch_enc(num_layers), 1, 2,
                                image_size=frame_shape[:2])
   return Models(
-      depth_encoder=ResnetEncoder(num_layers, fast_eval=fast_eval),
+      depth_encoder=ResnetEncoder(num_layers),
       depth_decoder=DepthDecoder(num_ch_enc(num_layers), scales),
       kp_detector=kp_detector, generator=generator,
       discriminator=discriminator, pose_encoder=pose_encoder,

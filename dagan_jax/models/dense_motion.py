@@ -48,7 +48,6 @@ class DenseMotionNetwork(nn.Module):
   scale_factor: float = 1.0
   kp_variance: float = 0.01
   axis_name: str | None = None
-  fast_eval: bool = False
 
   def heatmap_representation(self, spatial_size: tuple[int, int],
                              kp_driving: KP, kp_source: KP) -> Array:
@@ -88,7 +87,7 @@ class DenseMotionNetwork(nn.Module):
     x = x.transpose(0, 2, 3, 1, 4).reshape(b, h, w, -1)  # (B, h, w, (K+1)(C+1))
     hourglass = Hourglass(self.block_expansion, (self.num_kp + 1) * (c + 1),
                           self.num_blocks, self.max_features,
-                          axis_name=self.axis_name, fast_eval=self.fast_eval,
+                          axis_name=self.axis_name,
                           name="hourglass")
     prediction = hourglass(x)
     self.sow("intermediates", "hourglass_out", prediction)

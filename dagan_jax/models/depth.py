@@ -62,20 +62,18 @@ class BasicBlock(nn.Module):
   planes: int
   stride: int = 1
   downsample: bool = False
-  fast_eval: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    fe = self.fast_eval
     out = conv_bn(self, x, _conv(self.planes, 3, self.stride, 1, name="conv1"),
-                  BatchNorm(name="bn1"), fast_eval=fe)
+                  BatchNorm(name="bn1"))
     out = conv_bn(self, nn.relu(out), _conv(self.planes, 3, 1, 1, name="conv2"),
-                  BatchNorm(name="bn2"), fast_eval=fe)
+                  BatchNorm(name="bn2"))
     identity = x
     if self.downsample:
       identity = conv_bn(self, x, _conv(self.planes, 1, self.stride,
                                         name="downsample_0"),
-                         BatchNorm(name="downsample_1"), fast_eval=fe)
+                         BatchNorm(name="downsample_1"))
     return nn.relu(out + identity)
 
 
@@ -85,24 +83,22 @@ class Bottleneck(nn.Module):
   stride: int = 1
   downsample: bool = False
   expansion: int = 4
-  fast_eval: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
-    fe = self.fast_eval
     out = conv_bn(self, x, _conv(self.planes, 1, name="conv1"),
-                  BatchNorm(name="bn1"), fast_eval=fe)
+                  BatchNorm(name="bn1"))
     out = conv_bn(self, nn.relu(out), _conv(self.planes, 3, self.stride, 1,
                                             name="conv2"),
-                  BatchNorm(name="bn2"), fast_eval=fe)
+                  BatchNorm(name="bn2"))
     out = conv_bn(self, nn.relu(out), _conv(self.planes * self.expansion, 1,
                                             name="conv3"),
-                  BatchNorm(name="bn3"), fast_eval=fe)
+                  BatchNorm(name="bn3"))
     identity = x
     if self.downsample:
       identity = conv_bn(self, x, _conv(self.planes * self.expansion, 1,
                                         self.stride, name="downsample_0"),
-                         BatchNorm(name="downsample_1"), fast_eval=fe)
+                         BatchNorm(name="downsample_1"))
     return nn.relu(out + identity)
 
 
@@ -113,10 +109,10 @@ def max_pool_3x3_s2(x: Array) -> Array:
 
 class ResNetTrunk(nn.Module):
   """torchvision ResNet without ``avgpool``/``fc``, returning monodepth2's 5
-  features. ``in_channels`` is ``3 * num_input_images``. ``fast_eval``:
-  :func:`~dagan_jax.models.layers.conv_bn` (BatchNorm folding in eval)."""
+  features. ``in_channels`` is ``3 * num_input_images``. Convs with
+  their BatchNorm go through :func:`~dagan_jax.models.layers.conv_bn`
+  (folded with the inference rewrites)."""
   num_layers: int = 18
-  fast_eval: bool = False
 
   @nn.compact
   def __call__(self, x: Array) -> list[Array]:
@@ -124,8 +120,7 @@ class ResNetTrunk(nn.Module):
     bottleneck = self.num_layers > 34
     expansion = 4 if bottleneck else 1
     feats = []
-    x = conv_bn(self, x, _conv(64, 7, 2, 3, name="conv1"), BatchNorm(name="bn1"),
-                fast_eval=self.fast_eval)
+    x = conv_bn(self, x, _conv(64, 7, 2, 3, name="conv1"), BatchNorm(name="bn1"))
     x = nn.relu(x)
     feats.append(x)
     x = max_pool_3x3_s2(x)
@@ -135,7 +130,7 @@ class ResNetTrunk(nn.Module):
         stride = 2 if (li > 0 and bi == 0) else 1
         down = bi == 0 and (stride != 1 or inplanes != planes * expansion)
         block_cls = Bottleneck if bottleneck else BasicBlock
-        x = block_cls(planes, stride, down, fast_eval=self.fast_eval,
+        x = block_cls(planes, stride, down,
                       name=f"layer{li + 1}_{bi}")(x)
         inplanes = planes * expansion
       feats.append(x)
@@ -148,14 +143,12 @@ class ResnetEncoder(nn.Module):
   Attributes:
     num_layers: 18 or 50 (34 also builds).
     num_input_images: images stacked on channels (pose network: 2).
-    fast_eval: fold BatchNorm into the convs in eval mode where it pays.
 
   ``__call__(images (B, H, W, 3 * num_input_images))`` -> list of 5 features
   (see the module docstring). Submodule ``encoder`` (the ResNet trunk).
   """
   num_layers: int = 18
   num_input_images: int = 1
-  fast_eval: bool = False
 
   @property
   def num_ch_enc(self) -> tuple[int, ...]:
@@ -164,7 +157,7 @@ class ResnetEncoder(nn.Module):
   @nn.compact
   def __call__(self, images: Array) -> list[Array]:
     x = (images - MONODEPTH_MEAN) / MONODEPTH_STD
-    return ResNetTrunk(self.num_layers, self.fast_eval, name="encoder")(x)
+    return ResNetTrunk(self.num_layers, name="encoder")(x)
 
 
 class Conv3x3(nn.Module):

@@ -139,23 +139,20 @@ class _DepthAwareBase(nn.Module):
   attention_fn: AttentionFn | None = None
   attention_implementation: str = "auto"
   attention_rows_stride: int = 128
-  fast_eval: bool = False
 
   def setup(self):
     be, mf, nd = self.block_expansion, self.max_features, self.num_down_blocks
-    ax, fe = self.axis_name, self.fast_eval
-    self.first = SameBlock2d(be, 7, 3, axis_name=ax, fast_eval=fe)
-    self.down_blocks = [DownBlock2d(_channels(be, mf, i + 1), 3, 1, axis_name=ax,
-                                    fast_eval=fe) for i in range(nd)]
-    self.src_first = SameBlock2d(be, 7, 3, axis_name=ax, fast_eval=fe)
+    ax = self.axis_name
+    self.first = SameBlock2d(be, 7, 3, axis_name=ax)
+    self.down_blocks = [DownBlock2d(_channels(be, mf, i + 1), 3, 1, axis_name=ax) for i in range(nd)]
+    self.src_first = SameBlock2d(be, 7, 3, axis_name=ax)
     self.src_down_blocks = [DownBlock2d(_channels(be, mf, i + 1), 3, 1,
-                                        axis_name=ax, fast_eval=fe)
+                                        axis_name=ax)
                             for i in range(nd)]
     if self.dense_motion_params is not None:
       self.dense_motion_network = DenseMotionNetwork(
           num_kp=self.num_kp, num_channels=self.num_channels,
-          estimate_occlusion_map=self.estimate_occlusion_map, axis_name=ax,
-          fast_eval=fe, **dict(self.dense_motion_params))
+          estimate_occlusion_map=self.estimate_occlusion_map, axis_name=ax, **dict(self.dense_motion_params))
     self.AttnModule = DepthAwareAttention(
         _channels(be, mf, nd), attention_fn=self.attention_fn,
         attention_implementation=self.attention_implementation,
@@ -237,10 +234,9 @@ class DepthAwareGenerator(_DepthAwareBase):
   def setup_decoder(self) -> None:
     be, mf, nd = self.block_expansion, self.max_features, self.num_down_blocks
     for i in range(self.num_bottleneck_blocks):
-      setattr(self, f"bottleneck_r{i}", ResBlock2d(3, 1, axis_name=self.axis_name,
-                                                   fast_eval=self.fast_eval))
+      setattr(self, f"bottleneck_r{i}", ResBlock2d(3, 1, axis_name=self.axis_name))
     self.up_blocks = [UpBlock2d(_channels(be, mf, nd - i - 1), 3, 1,
-                                axis_name=self.axis_name, fast_eval=self.fast_eval)
+                                axis_name=self.axis_name)
                       for i in range(nd)]
     self.final = Conv2d(self.num_channels, 7, padding=3)
 

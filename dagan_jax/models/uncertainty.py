@@ -80,15 +80,12 @@ class UncertaintyHead(nn.Module):
     max_features, min_features: channel schedule (module docstring).
     num_up_blocks: None: enough to reach ``image_size`` (5 for 8 -> 256).
     axis_name: data-parallel axis of the synchronised BatchNorms.
-    fast_eval: fold BatchNorm into the convs in eval mode
-      (:func:`dagan_jax.models.layers.conv_bn`).
   """
   image_size: tuple[int, int] = (256, 256)
   max_features: int = 256
   min_features: int = 16
   num_up_blocks: int | None = None
   axis_name: str | None = None
-  fast_eval: bool = False
 
   def widths(self, n: int) -> list[int]:
     return [max(self.min_features, self.max_features // (2 ** j))
@@ -101,7 +98,7 @@ class UncertaintyHead(nn.Module):
       n = num_up_blocks_for(feature.shape[1:3], self.image_size)
     x = feature
     for j, c in enumerate(self.widths(n)):
-      x = UpBlock2d(c, 3, 1, axis_name=self.axis_name, fast_eval=self.fast_eval,
+      x = UpBlock2d(c, 3, 1, axis_name=self.axis_name,
                     name=f"up_blocks_{j}")(x)
     size = tuple(int(s) for s in self.image_size)
     if x.shape[1:3] != size:
@@ -127,8 +124,6 @@ class UncertaintyPoseNetwork(nn.Module):
   Submodules ``pose_encoder``, ``pose_decoder``, ``uncertainty_head`` (see
   :func:`split_pose_variables` to store them as separate networks, e.g. to
   load Face-Depth-Network's pose checkpoints into the first two).
-  ``fast_eval`` folds BatchNorm into the convs in eval mode (encoder and
-  head; same variables).
   """
   num_layers: int = 18
   image_size: tuple[int, int] = (256, 256)
@@ -137,14 +132,13 @@ class UncertaintyPoseNetwork(nn.Module):
   head_min_features: int = 16
   head_num_up_blocks: int | None = None
   axis_name: str | None = None
-  fast_eval: bool = False
 
   @nn.compact
   def __call__(self, pair: Array) -> dict[str, Array]:
     if pair.shape[-1] != 6:
       raise ValueError("UncertaintyPoseNetwork expects two RGB frames stacked "
                        f"on channels (B, H, W, 6); got {pair.shape}")
-    feats = PoseEncoder(self.num_layers, fast_eval=self.fast_eval,
+    feats = PoseEncoder(self.num_layers,
                         name="pose_encoder")(pair)
     out = dict(PoseDecoder(num_ch_enc(self.num_layers), 1,
                            self.num_frames_to_predict_for,
@@ -154,8 +148,7 @@ class UncertaintyPoseNetwork(nn.Module):
     out["uncertainty"] = UncertaintyHead(
         image_size=tuple(self.image_size), max_features=self.head_max_features,
         min_features=self.head_min_features,
-        num_up_blocks=self.head_num_up_blocks, axis_name=self.axis_name,
-        fast_eval=self.fast_eval, name="uncertainty_head")(feats[-1])
+        num_up_blocks=self.head_num_up_blocks, axis_name=self.axis_name, name="uncertainty_head")(feats[-1])
     return out
 
 

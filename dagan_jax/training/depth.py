@@ -38,7 +38,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from dagan_jax import checkpoints, ops, xla_options
+from dagan_jax import checkpoints, compute, ops
 from dagan_jax.errors import ConfigError
 from dagan_jax.losses import depth as depth_losses
 from dagan_jax.models import build as build_lib
@@ -76,6 +76,7 @@ class DepthTask:
   uncertainty: bool
   loss_weights: Mapping[str, float]
   compute_dtype: Any
+  kernels: str = "auto"            # compute.kernels of the step
 
 
 class PosePair(flax.linen.Module):
@@ -119,7 +120,8 @@ def make_task(config, steps_per_epoch: int) -> DepthTask:
       ssim_halved=bool(tp.ssim_halved),
       automask=bool(tp.automask),
       uncertainty=bool(dp.get("uncertainty", False)),
-      loss_weights=dict(tp.loss_weights), compute_dtype=dtype)
+      loss_weights=dict(tp.loss_weights), compute_dtype=dtype,
+      kernels=str(config.compute.kernels))
 
 
 def init_state(task: DepthTask, key: Array, frame_shape) -> DepthState:
@@ -226,10 +228,9 @@ def per_device_step(state: DepthState, batch, key, *, task: DepthTask,
   grads = pmean(grads)
   updates, opt_state = task.optimizer.update(grads, state.opt_state, state.params)
   params = optax.apply_updates(state.params, updates)
-  metrics = pmean({**terms, "total": total,
-                   "grad_norm": optax.global_norm(grads)})
-  ok = pmean(jnp.all(jnp.stack([jnp.isfinite(total),
-                                jnp.isfinite(optax.global_norm(grads))]))
+  grad_norm = compute.global_norm(grads)
+  metrics = pmean({**terms, "total": total, "grad_norm": grad_norm})
+  ok = pmean(jnp.all(jnp.stack([jnp.isfinite(total), jnp.isfinite(grad_norm)]))
              .astype(jnp.float32)) == 1.0
   new = DepthState(step=state.step + 1, params=params, batch_stats=stats,
                    opt_state=opt_state)
@@ -246,7 +247,7 @@ def make_train_step(task: DepthTask, mesh) -> Callable:
       # (with check_vma, gradients of replicated params would be psum-ed
       # implicitly and the pmean would leave them N times too large).
       check_vma=False)
-  return xla_options.jit(sharded, donate_argnums=(0,))
+  return compute.jit(sharded, kernels=task.kernels, donate_argnums=(0,))
 
 
 _PICTURE_FNS: dict[int, Callable] = {}

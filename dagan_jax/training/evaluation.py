@@ -19,7 +19,7 @@ from typing import Any, Mapping
 import jax
 import numpy as np
 
-from dagan_jax import visualize, xla_options
+from dagan_jax import compute, visualize
 from dagan_jax.models import build as build_lib
 
 _CACHE: dict[tuple[int, str], Any] = {}
@@ -54,7 +54,8 @@ def _forward(task):
         out["depth_source"] = d_src
       return out
 
-    _CACHE[key] = xla_options.jit(fwd)
+    # The networks in eval mode, prepared for inference (compute.use).
+    _CACHE[key] = compute.jit(fwd, kernels=task.kernels, inference=True)
   return _CACHE[key]
 
 

@@ -21,7 +21,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dagan_jax import xla_options
+from dagan_jax import compute
 
 
 def _sds(tree: Any) -> Any:
@@ -94,7 +94,7 @@ def train_step_cost(config, batch_per_device: int = 1) -> dict[str, Any]:
   t0 = time.perf_counter()
   # Compiled to be measured, not run: machine code at the cheapest level.
   compiled = step.lower(*args).compile(
-      compiler_options=xla_options.analysis_options(device.platform))
+      compiler_options=compute.analysis_options(device.platform))
   seconds = time.perf_counter() - t0
   ma = compiled.memory_analysis()
   out = {"batch_per_device": int(batch_per_device), "compile_seconds": seconds,

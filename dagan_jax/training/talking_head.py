@@ -46,13 +46,12 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from dagan_jax import checkpoints, ops, xla_options
+from dagan_jax import checkpoints, compute, ops
 from dagan_jax.convert import dagan as convert_dagan
 from dagan_jax.errors import ConfigError
 from dagan_jax.losses import generator as gen_losses
 from dagan_jax.losses.weights import apply_loss_weights, total_loss
 from dagan_jax.models import build as build_lib
-from dagan_jax.ops import reductions
 from dagan_jax.training import evaluation as train_eval
 from dagan_jax.training import optim, parallel
 from dagan_jax.training.checkpointing import Checkpointer, abstract_like
@@ -97,6 +96,7 @@ class Task:
   use_depth_network: bool
   compute_dtype: Any
   global_batch_size: int
+  kernels: str                      # compute.kernels of the step
 
   @property
   def disc_scales(self) -> tuple[float, ...]:
@@ -130,10 +130,6 @@ def make_task(config, *, global_batch_size: int, steps_per_epoch: int,
   """Builds modules and optimisers from ``config`` (no parameters yet)."""
   tp = config.train_params
   models = build_lib.build_models(config, axis_name=axis_name)
-  # The depth network is frozen here (eval mode): its exact eval fast paths
-  # (BatchNorm folded into the convolutions) apply.
-  models = dataclasses.replace(
-      models, depth_encoder=models.depth_encoder.clone(fast_eval=True))
   disc_scales = set(norm_scale(s) for s in models.discriminator.scales)
   scales = tuple(norm_scale(s) for s in tp.scales)
   if not disc_scales <= set(scales):
@@ -160,7 +156,8 @@ def make_task(config, *, global_batch_size: int, steps_per_epoch: int,
       kp_distance_form=form,
       kp_distance_threshold=float(tp.kp_distance_threshold),
       use_depth_network=requires_depth_network(config),
-      compute_dtype=dtype, global_batch_size=global_batch_size)
+      compute_dtype=dtype, global_batch_size=global_batch_size,
+      kernels=str(config.compute.kernels))
 
 
 def create_train_state(task: Task, variables: Mapping[str, Any]) -> TrainState:
@@ -191,10 +188,12 @@ def _f32(tree: Any) -> Any:
 
 
 def _depth(task: Task, frozen: Mapping[str, Any], images: Array) -> Array | None:
-  """Frozen ``disp0`` (eval mode, no gradient)."""
+  """Frozen ``disp0`` (eval mode, no gradient; the depth network is
+  prepared for inference: BatchNorm folded into its convolutions)."""
   if not task.use_depth_network:
     return None
-  disp = build_lib.depth_fn(task.models, frozen, images)
+  with compute.use(inference=True):
+    disp = build_lib.depth_fn(task.models, frozen, images)
   return jax.lax.stop_gradient(disp)
 
 
@@ -383,24 +382,6 @@ def discriminator_loss_fn(disc_params: Any, state: TrainState, driving: Array,
 # --------------------------------------------------------------------------
 # The step
 
-def _all_finite(tree: Any) -> Array:
-  """Whether every entry of ``tree`` is finite: ``sum(x * 0)`` is 0 for
-  finite ``x`` and NaN as soon as one entry is inf or NaN; a staged sum
-  (:mod:`dagan_jax.ops.reductions`) fused with the product, instead of an
-  unfused reduction per parameter."""
-  leaves = [reductions.block_sum(jnp.ravel(x) * 0, 0, 1)
-            for x in jax.tree_util.tree_leaves(tree)]
-  return jnp.isfinite(sum(leaves)) if leaves else jnp.array(True)
-
-
-def global_norm(tree: Any) -> Array:
-  """``optax.global_norm`` (sqrt of the sum of squares of every entry) by
-  staged sums."""
-  leaves = [reductions.block_sum(jnp.square(jnp.ravel(x)), 0, 1)
-            for x in jax.tree_util.tree_leaves(tree)]
-  return jnp.sqrt(sum(leaves)) if leaves else jnp.zeros(())
-
-
 def per_device_step(state: TrainState, batch: Mapping[str, Array],
                     frozen: Mapping[str, Any], tps: ops.TPSParams, *,
                     task: Task, axis_name: str | None = parallel.DATA_AXIS
@@ -433,8 +414,8 @@ def per_device_step(state: TrainState, batch: Mapping[str, Array],
         grads[name], state.opt_state[name], state.params[name])
     new_params[name] = optax.apply_updates(state.params[name], updates)
   metrics = {**g_terms, "generator_total": g_total,
-             "grad_norm_generator": global_norm(grads["generator"]),
-             "grad_norm_kp_detector": global_norm(grads["kp_detector"])}
+             "grad_norm_generator": compute.global_norm(grads["generator"]),
+             "grad_norm_kp_detector": compute.global_norm(grads["kp_detector"])}
   finite = [g_total, grads]
   if task.use_gan:
     if joint:
@@ -453,10 +434,10 @@ def per_device_step(state: TrainState, batch: Mapping[str, Array],
       new_stats["discriminator"] = d_stats
     metrics.update(d_terms)
     metrics["discriminator_total"] = d_total
-    metrics["grad_norm_discriminator"] = global_norm(d_grads)
+    metrics["grad_norm_discriminator"] = compute.global_norm(d_grads)
     finite += [d_total, d_grads]
   metrics = pmean(metrics)
-  ok = pmean(_all_finite(finite).astype(jnp.float32)) == 1.0
+  ok = pmean(compute.all_finite(finite).astype(jnp.float32)) == 1.0
   new_state = TrainState(step=state.step + 1, params=new_params,
                          batch_stats=new_stats, opt_state=new_opt)
   # A non-finite step changes nothing: the caller sees `finite` and stops.
@@ -487,7 +468,7 @@ def make_train_step(task: Task, mesh) -> Callable:
                          points_tps=int(tp["points_tps"]))
     return sharded(state, batch, frozen, tps)
 
-  return xla_options.jit(step, donate_argnums=(0,))
+  return compute.jit(step, kernels=task.kernels, donate_argnums=(0,))
 
 
 # --------------------------------------------------------------------------

@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
+from dagan_jax import compute
 from dagan_jax.models import build
 from dagan_jax.models.geometry_generator import (ATTENTION_LAYERS,
                                                  CrossModalAttention,
@@ -185,7 +186,7 @@ def gen_variables(inputs):
 
 def test_blockwise_equals_naive(inputs, gen_variables):
   """The memory-linear attention inside the generator gives the naive result
-  (and ``fast_eval`` the plain eval result).
+  (and the inference rewrites the plain eval result).
 
   Block sizes (100, 60) do not divide the 1024 / 256 / 64 / 16 pixels of the
   four scales, so padding and masking are exercised at every scale.
@@ -199,8 +200,9 @@ def test_blockwise_equals_naive(inputs, gen_variables):
     outs[impl] = (out, state["intermediates"])
   (out_n, int_n), (out_b, int_b) = outs["naive"], outs["blockwise"]
   # eval with BatchNorm folded into the convs: same result up to rounding
-  fast = make_generator("all", attention_implementation="naive", fast_eval=True)
-  out_f = jax.jit(lambda v: fast.apply(v, *_args(inputs)))(gen_variables)
+  fast = make_generator("all", attention_implementation="naive")
+  out_f = compute.jit(lambda v: fast.apply(v, *_args(inputs)),
+                      inference=True)(gen_variables)
   np.testing.assert_allclose(out_f["prediction"], out_n["prediction"], atol=1e-5)
   for i in range(4):
     np.testing.assert_allclose(int_b[f"enhanced_{i}"][0], int_n[f"enhanced_{i}"][0],

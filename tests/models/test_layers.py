@@ -10,6 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dagan_jax import compute
 from dagan_jax.convert.torch_to_flax import oihw_to_hwio
 from dagan_jax.models import layers
 
@@ -312,17 +313,20 @@ def test_fold_batchnorm_is_conv_then_eval_batchnorm():
 
 @pytest.mark.parametrize("block,h", [(layers.UpBlock2d, 16), (layers.UpBlock2d, 4),
                                      (layers.DownBlock2d, 32), (layers.SameBlock2d, 8)])
-def test_fast_eval_blocks_equal_plain_blocks(block, h):
-  """fast_eval (phase convs, BatchNorm folding) changes nothing but rounding
-  in eval mode, and nothing at all in training mode."""
+def test_inference_rewrites_blocks_equal_plain_blocks(block, h):
+  """The inference rewrites (phase convs, BatchNorm folding) change nothing
+  but rounding in eval mode, and nothing at all in training mode."""
   x = jax.random.normal(jax.random.key(3), (2, h, h, 8))
-  plain, fast = block(16), block(16, fast_eval=True)
+  plain = block(16)
   v = plain.init(jax.random.key(4), x)
   v["batch_stats"] = jax.tree.map(lambda a: a + 0.5, v["batch_stats"])
   v["params"]["norm"]["scale"] = v["params"]["norm"]["scale"] * 1.7
-  np.testing.assert_allclose(fast.apply(v, x), plain.apply(v, x), atol=2e-5)
+  with compute.use(inference=True):
+    got = plain.apply(v, x)
+  np.testing.assert_allclose(got, plain.apply(v, x), atol=2e-5)
   yp, sp = plain.apply(v, x, mutable=["batch_stats"])
-  yf, sf = fast.apply(v, x, mutable=["batch_stats"])
+  with compute.use(inference=True):
+    yf, sf = plain.apply(v, x, mutable=["batch_stats"])
   np.testing.assert_array_equal(yp, yf)
   np.testing.assert_array_equal(sp["batch_stats"]["norm"]["mean"],
                                 sf["batch_stats"]["norm"]["mean"])

@@ -49,7 +49,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dagan_jax import cli
+from dagan_jax import cli, compute
 from dagan_jax.checkpoints import load_model
 from dagan_jax.models import build
 
@@ -154,14 +154,20 @@ def _kp(npz, group):
 
 
 @pytest.fixture(scope="module", params=[False, True],
-                ids=["plain", "fast_eval"])
+                ids=["plain", "inference_rewrites"])
 def ours(request, converted, npz):
   """Every network output the fixture records, under the fixture's names,
-  computed as the official code does (plain) and with the phase-decomposed
-  upsampling convs (``fast_eval``)."""
+  computed with the kernels a user gets on this backend (``compute``
+  'auto'): as the official code does (plain) and with the inference
+  rewrites (folded BatchNorm, phase-decomposed upsampling convs)."""
+  with compute.use(inference=request.param):
+    return _ours(converted, npz)
+
+
+def _ours(converted, npz):
   from dagan_jax import ops
   config, v, meta = converted
-  models = build.build_models(config, fast_eval=request.param)
+  models = build.build_models(config)
   stride = re.search(r"::(\d+)", meta.get("attention_rows", "::128"))
   models = dataclasses.replace(models, generator=models.generator.clone(
       attention_rows_stride=int(stride.group(1))))
@@ -170,8 +176,8 @@ def ours(request, converted, npz):
   got: dict[str, np.ndarray] = {}
 
   # Depth network on each frame.
-  enc = jax.jit(models.depth_encoder.apply)
-  dec = jax.jit(models.depth_decoder.apply)
+  enc = compute.jit(models.depth_encoder.apply)
+  dec = compute.jit(models.depth_decoder.apply)
   for name in img:
     feats = enc(v["depth_encoder"], img[name])
     disp = dec(v["depth_decoder"], feats)
@@ -184,7 +190,7 @@ def ours(request, converted, npz):
         got[f"depth/source.encoder_feature{i}.channel_mean"] = f.mean(axis=(1, 2))
 
   # Keypoints of RGB + the fixture's disp0.
-  kp_apply = jax.jit(lambda x: models.kp_detector.apply(
+  kp_apply = compute.jit(lambda x: models.kp_detector.apply(
       v["kp_detector"], x, mutable=["intermediates"]))
   for name in img:
     disp0 = jnp.asarray(to_nhwc("x", npz[f"depth/{name}"]))
@@ -212,7 +218,7 @@ def ours(request, converted, npz):
 
   # Discriminator with the driving keypoints' heatmaps.
   scale = models.discriminator.scales[0]
-  disc_apply = jax.jit(lambda x, kp: models.discriminator.apply(
+  disc_apply = compute.jit(lambda x, kp: models.discriminator.apply(
       v["discriminator"], {f"prediction_{scale}": x}, kp))
   # disc_generated holds the discriminator on the *absolute* prediction (the
   # one training feeds it; shared/fixtures/README.md says "relative").
@@ -414,7 +420,7 @@ def test_encode_source_then_decode(converted, npz, ours):
     want = to_nhwc("x", npz[f"{group}/prediction"])
     mine = out["prediction"][i:i + 1]
     assert _relative_error(mine, want) <= FREE_RUN_RTOL, group
-    # The same function as the free run, rounded in another order (fast_eval's
-    # choices depend on the batch): two float32 runs through the warp differ
+    # The same function as the free run, rounded in another order (the kernel
+    # forms depend on the batch): two float32 runs through the warp differ
     # as much as ours and the official one may, so the same bound applies.
     assert _relative_error(mine, got[group]["free"]["prediction"]) <= FREE_RUN_RTOL, group

@@ -243,19 +243,23 @@ def test_joint_gradient_shares_discriminator_forward_and_equals_sequential(vox_r
   assert n_joint < n_seq, (n_joint, n_seq)
 
 
-def test_finite_check_and_grad_norm_by_staged_sums():
+@pytest.mark.parametrize("kernels", ["xla", "cpu"])
+def test_finite_check_and_grad_norm(kernels):
+  """compute.global_norm and compute.all_finite, plain and by staged sums."""
   import jax.numpy as jnp
   import optax
+
+  from dagan_jax import compute
   rng = np.random.default_rng(0)
   tree = {"big": jnp.asarray(rng.standard_normal((300, 400)).astype(np.float32)),
           "small": jnp.asarray(rng.standard_normal((7,)).astype(np.float32)),
           "scalar": jnp.float32(2.0)}
-  np.testing.assert_allclose(float(jax.jit(th.global_norm)(tree)),
-                             float(optax.global_norm(tree)), rtol=1e-6)
-  assert bool(jax.jit(th._all_finite)(tree))
+  np.testing.assert_allclose(float(compute.jit(compute.global_norm, kernels=kernels)(tree)),
+                             float(optax.tree.norm(tree)), rtol=1e-6)
+  assert bool(compute.jit(compute.all_finite, kernels=kernels)(tree))
   for leaf, bad in (("big", np.inf), ("big", np.nan), ("small", -np.inf),
                     ("scalar", np.nan)):
     broken = dict(tree)
     broken[leaf] = tree[leaf].at[(0,) * tree[leaf].ndim].set(bad) \
         if tree[leaf].ndim else jnp.float32(bad)
-    assert not bool(jax.jit(th._all_finite)(broken)), (leaf, bad)
+    assert not bool(compute.jit(compute.all_finite, kernels=kernels)(broken)), (leaf, bad)

@@ -5,8 +5,10 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from dagan_jax import compute
+from dagan_jax.backends.xla_cpu import conv as cpu_conv
 from dagan_jax.models import layers
-from dagan_jax.ops.narrow_conv import conv_narrow_out
+from dagan_jax.backends.xla_cpu.narrow_conv import conv_narrow_out
 
 
 def _lax(x, k, pad):
@@ -35,6 +37,7 @@ def test_values_and_gradients_match_xla_conv(kh, kw, cin, cout, pad):
     np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4 * float(jnp.abs(b).max()))
 
 
+@compute.use("cpu")
 def test_conv2d_routes_narrow_same_convs_and_keeps_values():
   rng = np.random.default_rng(1)
   x = jnp.asarray(rng.standard_normal((1, 16, 16, 8)).astype(np.float32))
@@ -51,7 +54,7 @@ def test_conv2d_routes_narrow_same_convs_and_keeps_values():
   # So do stems with few input channels (RGB, depth): below NARROW_MIN_IN.
   k3 = jnp.asarray(rng.standard_normal((7, 7, 3, 4)).astype(np.float32))
   x3 = x[..., :3]
-  assert layers.NARROW_MIN_IN > 3
+  assert cpu_conv.NARROW_MIN_IN > 3
   assert "convolution" in jax.jit(lambda a: layers.conv2d(a, k3, padding=3)).lower(x3).as_text()
   np.testing.assert_allclose(layers.conv2d(x3, k3, padding=3), _lax(x3, k3, (3, 3)),
                              rtol=1e-5, atol=1e-4)

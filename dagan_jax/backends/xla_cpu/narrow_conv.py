@@ -34,7 +34,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
-from dagan_jax.ops.conv_common import lax_conv, output_size
+from dagan_jax.backends.xla_cpu.conv_common import lax_conv, output_size
 
 Array = jax.Array
 

@@ -1,14 +1,15 @@
 """conv_tiled_dw equals XLA's convolution, forward and both gradients, and
-layers.conv2d sends it the stride-1 convs of small batches only."""
+the CPU kernel set's conv2d sends it the stride-1 convs of small batches only."""
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dagan_jax import xla_options
+from dagan_jax import compute
+from dagan_jax.backends.xla_cpu import conv as cpu_conv
 from dagan_jax.models import layers
-from dagan_jax.ops.tiled_dw_conv import conv_tiled_dw, tile_images
+from dagan_jax.backends.xla_cpu.tiled_dw_conv import conv_tiled_dw, tile_images
 
 
 def _lax(x, k, pad):
@@ -60,22 +61,23 @@ def test_weight_gradient_runs_on_the_tiles():
   assert "tensor<8x18x18x8xf32>" in text
 
 
+@compute.use("cpu")
 def test_conv2d_routes_small_batches_of_big_convs(monkeypatch):
-  # The Winograd route takes wide 3x3 "same" convs first where it is on.
-  monkeypatch.setenv(xla_options.WINOGRAD_ENV, "0")
+  # The Winograd route takes wide 3x3 "same" convs first: not these.
+  monkeypatch.setattr(cpu_conv, "WINOGRAD_MIN_CHANNELS", 10 ** 9)
   rng = np.random.default_rng(2)
   k = jnp.asarray(rng.standard_normal((3, 3, 64, 64)).astype(np.float32) * 0.05)
   b = jnp.asarray(rng.standard_normal((64,)).astype(np.float32))
   x = jnp.asarray(rng.standard_normal((2, 64, 64, 64)).astype(np.float32))
   macs = 2 * 64 * 64 * 9 * 64 * 64
-  assert macs >= layers.TILED_DW_MIN_MACS
+  assert macs >= cpu_conv.TILED_DW_MIN_MACS
   np.testing.assert_allclose(layers.conv2d(x, k, b, padding=1),
                              _lax(x, k, (1, 1)) + b, rtol=1e-5, atol=1e-4)
   grad_text = lambda xx, kk: jax.jit(jax.grad(
       lambda v: layers.conv2d(xx, v, padding=1).sum())).lower(kk).as_text()
   assert "tensor<8x34x34x64xf32>" in grad_text(x, k)
   # A large batch, or a small conv, keeps XLA's weight gradient.
-  big_batch = jnp.zeros((layers.TILED_DW_MAX_BATCH + 1, 64, 64, 64))
+  big_batch = jnp.zeros((cpu_conv.TILED_DW_MAX_BATCH + 1, 64, 64, 64))
   assert "34x34" not in grad_text(big_batch, k)
   small = jnp.zeros((2, 16, 16, 8))
   assert "tensor<8x10x10x8xf32>" not in grad_text(small, jnp.zeros((3, 3, 8, 8)))

@@ -1,4 +1,4 @@
-"""Staged sums (dagan_jax.ops.reductions): values, gradients, and that the
+"""Staged sums (dagan_jax.backends.xla_cpu.reductions): values, gradients, and that the
 compiled training-mode norms hold no XLA:CPU reduce-window."""
 
 import jax
@@ -6,9 +6,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from dagan_jax import xla_options
+from dagan_jax import compute
 from dagan_jax.models.layers import BatchNorm, InstanceNorm, conv2d
-from dagan_jax.ops import reductions
+from dagan_jax.backends.xla_cpu import reductions
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +93,7 @@ def test_train_norms_match_float64_and_compile_without_reduce_window(module):
   ct = rng.standard_normal(x.shape).astype(np.float32)
   f, params = _norm_vjp(module, x)
   params = jax.tree.map(lambda p: p + rng.standard_normal(p.shape).astype(np.float32), params)
-  compiled = xla_options.jit(f).lower(params, x, ct).compile()
+  compiled = compute.jit(f, kernels="cpu").lower(params, x, ct).compile()
   assert "reduce-window(" not in compiled.as_text()
   got = compiled(params, x, ct)
   axes = (0, 1, 2) if isinstance(module, BatchNorm) else (1, 2)
@@ -117,7 +117,7 @@ def test_conv_bias_gradient_is_staged():
   k = rng.standard_normal((3, 3, 4, 8)).astype(np.float32)
   b = rng.standard_normal((8,)).astype(np.float32)
   f = lambda b: jnp.sum(jnp.sin(conv2d(x, k, b, padding=1)))  # noqa: E731
-  compiled = xla_options.jit(jax.grad(f)).lower(b).compile()
+  compiled = compute.jit(jax.grad(f), kernels="cpu").lower(b).compile()
   assert "reduce-window(" not in compiled.as_text()
   y = conv2d(x, k, None, padding=1)
   np.testing.assert_allclose(np.asarray(compiled(b)),

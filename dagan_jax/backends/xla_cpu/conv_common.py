@@ -1,5 +1,5 @@
-"""What the convolution forms in ``dagan_jax.ops`` (``narrow_conv``,
-``im2col_conv``, ``tiled_dw_conv``) and the router ``layers.conv2d`` share:
+"""What the convolution forms of the CPU kernel set (``narrow_conv``,
+``tiled_dw_conv``) and its router (``conv.conv2d``) share:
 XLA's stride-1 NHWC/HWIO convolution with symmetric zero padding, and its
 output size."""
 
