@@ -33,14 +33,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def collect(cfg, *, memory: bool = False, batch_per_device: int = 1) -> dict:
   from dagan_jax.models import build as build_lib  # pylint: disable=import-outside-toplevel
   from dagan_jax.models import variants  # pylint: disable=import-outside-toplevel
-  with_pose = cfg.get("trainer", "talking_head") == "depth"
+  with_pose = cfg.trainer == "depth"
   counts = build_lib.param_counts(cfg, with_pose=with_pose)
   trainable = sum(counts.get(n, 0) for n in ("kp_detector", "generator",
                                               "discriminator"))
-  model = cfg.model_params.get("model", "dagan")
-  info = {"name": cfg.get("name", ""), "model": model,
+  model = cfg.model_params.model
+  info = {"name": cfg.name, "model": model,
           "generator_type": cfg.model_params.generator_type,
-          "trainer": cfg.get("trainer", "talking_head"),
+          "trainer": cfg.trainer,
           "frame_shape": list(cfg.dataset_params.frame_shape),
           "num_kp": int(cfg.model_params.common_params.num_kp),
           "param_counts": counts, "trainable_talking_head": trainable,

@@ -293,7 +293,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   for section in ("dataset_params", "model_params", "train_params"):
     if section not in cfg:
       raise ConfigError(f"config has no '{section}' section")
-  if cfg.get("trainer", "talking_head") not in ("talking_head", "depth"):
+  if cfg.trainer not in ("talking_head", "depth"):
     raise ConfigError(f"trainer is {cfg.trainer!r}; expected 'talking_head' "
                       "or 'depth'")
   kernels = cfg.compute.kernels
@@ -305,7 +305,7 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
                   "discriminator_params"):
     if section not in mp:
       raise ConfigError(f"config has no 'model_params.{section}' section")
-  model = mp.get("model", "dagan")
+  model = mp.model
   if model not in GENERATOR_TYPES:
     raise ConfigError(
         f"model_params.model is {model!r}; expected one of "

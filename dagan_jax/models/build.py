@@ -111,14 +111,12 @@ def _check_keys(section: str, d: Mapping[str, Any], allowed: set[str]) -> None:
 
 
 def build_models(config: Any, *, with_pose: bool = False,
-                 axis_name: str | None = None,
                  attention_implementation: str = "auto") -> Models:
   """Builds every network of ``config`` (a DaGAN config, see ``config.py``).
 
   Args:
     config: ConfigDict (or dict) with ``model_params`` and ``dataset_params``.
     with_pose: also build the pose encoder/decoder (depth training).
-    axis_name: data-parallel axis for synchronised BatchNorm, or None.
     attention_implementation: of the generator's depth-aware attention
       (see :func:`dagan_jax.ops.attention.attention`).
   Raises:
@@ -145,8 +143,7 @@ def build_models(config: Any, *, with_pose: bool = False,
   kp_args = {**kp_params, **common}
   kp_args["num_channels"] = int(common["num_channels"]) + (1 if use_depth else 0)
   _check_keys("model_params.kp_detector_params", kp_args, _KP_KEYS)
-  kp_detector = KPDetector(axis_name=axis_name,
-                           **kp_args)
+  kp_detector = KPDetector(**kp_args)
 
   gen_args = {**gen_params, **common}
   _check_keys("model_params.generator_params", gen_args,
@@ -158,7 +155,7 @@ def build_models(config: Any, *, with_pose: bool = False,
     _check_keys("model_params.generator_params.dense_motion_params", dm, _DM_KEYS)
     gen_args["dense_motion_params"] = dm
   generator = GENERATOR_REGISTRY[gen_type](
-      axis_name=axis_name, attention_implementation=attention_implementation, **gen_args)
+      attention_implementation=attention_implementation, **gen_args)
 
   disc_args = {**disc_params, **common}
   disc_args.pop("estimate_jacobian", None)

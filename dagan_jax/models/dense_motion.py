@@ -47,7 +47,6 @@ class DenseMotionNetwork(nn.Module):
   estimate_occlusion_map: bool = False
   scale_factor: float = 1.0
   kp_variance: float = 0.01
-  axis_name: str | None = None
 
   def heatmap_representation(self, spatial_size: tuple[int, int],
                              kp_driving: KP, kp_source: KP) -> Array:
@@ -87,7 +86,6 @@ class DenseMotionNetwork(nn.Module):
     x = x.transpose(0, 2, 3, 1, 4).reshape(b, h, w, -1)  # (B, h, w, (K+1)(C+1))
     hourglass = Hourglass(self.block_expansion, (self.num_kp + 1) * (c + 1),
                           self.num_blocks, self.max_features,
-                          axis_name=self.axis_name,
                           name="hourglass")
     prediction = hourglass(x)
     self.sow("intermediates", "hourglass_out", prediction)

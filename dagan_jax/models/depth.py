@@ -120,7 +120,8 @@ class ResNetTrunk(nn.Module):
     bottleneck = self.num_layers > 34
     expansion = 4 if bottleneck else 1
     feats = []
-    x = conv_bn(self, x, _conv(64, 7, 2, 3, name="conv1"), BatchNorm(name="bn1"))
+    x = conv_bn(self, x, _conv(64, 7, 2, 3, name="conv1"),
+                BatchNorm(name="bn1"))
     x = nn.relu(x)
     feats.append(x)
     x = max_pool_3x3_s2(x)

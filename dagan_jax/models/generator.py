@@ -135,24 +135,23 @@ class _DepthAwareBase(nn.Module):
   estimate_occlusion_map: bool = False
   dense_motion_params: Any = None
   estimate_jacobian: bool = False
-  axis_name: str | None = None
   attention_fn: AttentionFn | None = None
   attention_implementation: str = "auto"
   attention_rows_stride: int = 128
 
   def setup(self):
     be, mf, nd = self.block_expansion, self.max_features, self.num_down_blocks
-    ax = self.axis_name
-    self.first = SameBlock2d(be, 7, 3, axis_name=ax)
-    self.down_blocks = [DownBlock2d(_channels(be, mf, i + 1), 3, 1, axis_name=ax) for i in range(nd)]
-    self.src_first = SameBlock2d(be, 7, 3, axis_name=ax)
-    self.src_down_blocks = [DownBlock2d(_channels(be, mf, i + 1), 3, 1,
-                                        axis_name=ax)
+    self.first = SameBlock2d(be, 7, 3)
+    self.down_blocks = [DownBlock2d(_channels(be, mf, i + 1), 3, 1)
+                        for i in range(nd)]
+    self.src_first = SameBlock2d(be, 7, 3)
+    self.src_down_blocks = [DownBlock2d(_channels(be, mf, i + 1), 3, 1)
                             for i in range(nd)]
     if self.dense_motion_params is not None:
       self.dense_motion_network = DenseMotionNetwork(
           num_kp=self.num_kp, num_channels=self.num_channels,
-          estimate_occlusion_map=self.estimate_occlusion_map, axis_name=ax, **dict(self.dense_motion_params))
+          estimate_occlusion_map=self.estimate_occlusion_map,
+          **dict(self.dense_motion_params))
     self.AttnModule = DepthAwareAttention(
         _channels(be, mf, nd), attention_fn=self.attention_fn,
         attention_implementation=self.attention_implementation,
@@ -234,9 +233,8 @@ class DepthAwareGenerator(_DepthAwareBase):
   def setup_decoder(self) -> None:
     be, mf, nd = self.block_expansion, self.max_features, self.num_down_blocks
     for i in range(self.num_bottleneck_blocks):
-      setattr(self, f"bottleneck_r{i}", ResBlock2d(3, 1, axis_name=self.axis_name))
-    self.up_blocks = [UpBlock2d(_channels(be, mf, nd - i - 1), 3, 1,
-                                axis_name=self.axis_name)
+      setattr(self, f"bottleneck_r{i}", ResBlock2d(3, 1))
+    self.up_blocks = [UpBlock2d(_channels(be, mf, nd - i - 1), 3, 1)
                       for i in range(nd)]
     self.final = Conv2d(self.num_channels, 7, padding=3)
 

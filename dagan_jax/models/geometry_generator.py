@@ -194,7 +194,6 @@ class GeometryEnhancedGenerator(nn.Module):
     attention_block_size: blockwise tile sizes (int or (query, key)).
     attention_implementation: see :func:`dagan_jax.ops.attention.attention`.
     attention_fn: replaces the attention function (tests, benchmarks).
-    axis_name: data-parallel axis of the synchronised BatchNorms.
   """
   num_channels: int
   num_kp: int
@@ -214,7 +213,6 @@ class GeometryEnhancedGenerator(nn.Module):
   attention_block_size: BlockSize = None
   attention_implementation: str = "auto"
   attention_fn: AttentionFn | None = None
-  axis_name: str | None = None
 
   #: ``generator_params`` keys this generator accepts beyond DaGAN's.
   EXTRA_CONFIG_KEYS: ClassVar[frozenset[str]] = frozenset({
@@ -249,11 +247,10 @@ class GeometryEnhancedGenerator(nn.Module):
 
   def _encode(self, x: Array, prefix: str) -> list[Array]:
     """Feature / depth encoder (Fig. 5b-c): the maps of every scale."""
-    be, mf, ax = self.block_expansion, self.max_features, self.axis_name
-    feats = [SameBlock2d(be, 7, 3, axis_name=ax,
-                         name=f"{prefix}first")(x)]
+    be, mf = self.block_expansion, self.max_features
+    feats = [SameBlock2d(be, 7, 3, name=f"{prefix}first")(x)]
     for i in range(self.num_down_blocks):
-      feats.append(DownBlock2d(_channels(be, mf, i + 1), 3, 1, axis_name=ax,
+      feats.append(DownBlock2d(_channels(be, mf, i + 1), 3, 1,
                                name=f"{prefix}down_blocks_{i}")(feats[-1]))
     return feats
 
@@ -287,8 +284,7 @@ class GeometryEnhancedGenerator(nn.Module):
     """The whole generator (one compact method, so that every entry point
     creates the same submodules): encodes unless ``features`` are given,
     stops after encoding when ``kp_driving`` is None."""
-    be, mf, nd, ax = (self.block_expansion, self.max_features,
-                      self.num_down_blocks, self.axis_name)
+    be, mf, nd = self.block_expansion, self.max_features, self.num_down_blocks
     if features is None:
       self._check(source_image, source_depth)
       enc = self._encode(source_image, "")
@@ -315,7 +311,6 @@ class GeometryEnhancedGenerator(nn.Module):
     if self.dense_motion_params is not None:
       dm = DenseMotionNetwork(num_kp=self.num_kp, num_channels=self.num_channels,
                               estimate_occlusion_map=self.estimate_occlusion_map,
-                              axis_name=ax,
                               name="dense_motion_network",
                               **dict(self.dense_motion_params))
       dense = dm(source_image, kp_driving, kp_source)
@@ -356,17 +351,14 @@ class GeometryEnhancedGenerator(nn.Module):
     # Decoder (Sec. 3.3.3, Fig. 4b, 5e).
     out = enhanced[nd]
     for r in range(self.num_bottleneck_blocks):
-      out = ResBlock2d(3, 1, axis_name=ax,
-                       name=f"bottleneck_r{r}")(out)
+      out = ResBlock2d(3, 1, name=f"bottleneck_r{r}")(out)
     self.sow("intermediates", "bottleneck_out", out)
     for j in range(nd):
       level = nd - 1 - j
       width = _channels(be, mf, level)
-      out = UpBlock2d(width, 3, 1, axis_name=ax,
-                      name=f"up_blocks_{j}")(out)
+      out = UpBlock2d(width, 3, 1, name=f"up_blocks_{j}")(out)
       out = jnp.concatenate([out, enhanced[level]], axis=-1)
-      out = SameBlock2d(width, 3, 1, axis_name=ax,
-                        name=f"fuse_blocks_{j}")(out)
+      out = SameBlock2d(width, 3, 1, name=f"fuse_blocks_{j}")(out)
       self.sow("intermediates", f"dec_out_{j}", out)
     out = Conv2d(self.num_channels, 7, padding=3, name="final")(out)
     output["prediction"] = jax.nn.sigmoid(out)

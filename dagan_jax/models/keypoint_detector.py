@@ -68,7 +68,6 @@ class KPDetector(nn.Module):
   scale_factor: float = 1.0
   single_jacobian_map: bool = False
   pad: int = 0
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: Array) -> dict[str, Array]:
@@ -80,7 +79,6 @@ class KPDetector(nn.Module):
     self.sow("intermediates", "down_out", x)
     predictor = Hourglass(self.block_expansion, self.num_channels,
                           self.num_blocks, self.max_features,
-                          axis_name=self.axis_name,
                           name="predictor")
     feature_map = predictor(x)
     self.sow("intermediates", "predictor_out", feature_map)

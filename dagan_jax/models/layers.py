@@ -308,11 +308,11 @@ _SYNC_AXIS: list[str | None] = [None]
 
 @contextlib.contextmanager
 def sync_batch_norm(axis_name: str | None):
-  """Within this context (while tracing), every :class:`BatchNorm` without its
-  own ``axis_name`` synchronises its batch statistics over ``axis_name``.
-
-  For networks whose constructors take no ``axis_name`` (the ResNet encoders
-  of the depth and pose networks) inside a data-parallel step::
+  """Within this context (while tracing), every :class:`BatchNorm` in train
+  mode synchronises its batch statistics over the devices of ``axis_name``
+  (None: no synchronisation), like PyTorch's ``SyncBatchNorm``. The one way
+  to synchronise them: a data-parallel step sets it around its loss, and no
+  module takes an axis name::
 
     with sync_batch_norm('data'):
       loss, grads = jax.value_and_grad(loss_fn)(params, batch)
@@ -329,7 +329,8 @@ class BatchNorm(nn.Module):
 
   * eval: ``(x - running_mean) / sqrt(running_var + eps) * scale + bias``;
   * train: normalises by the batch mean and *biased* batch variance over all
-    axes but the last (and over ``axis_name`` devices, like SyncBatchNorm),
+    axes but the last (and over the devices of :func:`sync_batch_norm`'s
+    axis, like SyncBatchNorm),
     then updates ``running = (1 - momentum) * running + momentum * batch``
     with the *unbiased* batch variance, as PyTorch does (momentum 0.1).
 
@@ -339,7 +340,6 @@ class BatchNorm(nn.Module):
   Variables: params ``scale``, ``bias``; batch_stats ``mean``, ``var``.
   """
   use_running_average: bool | None = None
-  axis_name: str | None = None
   momentum: float = 0.1
   epsilon: float = 1e-5
   use_scale: bool = True
@@ -355,7 +355,7 @@ class BatchNorm(nn.Module):
     ra_var = self.variable("batch_stats", "var",
                            lambda: jnp.ones((c,), jnp.float32))
     if is_training(self, override):
-      axis_name = self.axis_name if self.axis_name is not None else _SYNC_AXIS[-1]
+      axis_name = _SYNC_AXIS[-1]
       lead = x.ndim - 1
       # Sums through compute: on XLA:CPU its own long reductions here
       # cost more than the convolution around them (staged there).
@@ -515,18 +515,18 @@ def conv_bn(module: nn.Module, x: Array, conv: Conv2d, norm: "BatchNorm | None",
 
 class SameBlock2d(nn.Module):
   """conv -> BatchNorm -> ReLU at the same resolution (``first`` of the
-  generator). Submodules ``conv``, ``norm``. Inference rewrites: :func:`conv_bn`."""
+  generator). Submodules ``conv``, ``norm``. Inference rewrites:
+  :func:`conv_bn`."""
   features: int
   kernel_size: IntPair = 3
   padding: IntPair = 1
   groups: int = 1
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     conv = Conv2d(self.features, self.kernel_size, padding=self.padding,
                   groups=self.groups, name="conv")
-    norm = BatchNorm(axis_name=self.axis_name, name="norm")
+    norm = BatchNorm(name="norm")
     return nn.relu(conv_bn(self, x, conv, norm))
 
 
@@ -537,13 +537,12 @@ class DownBlock2d(nn.Module):
   kernel_size: IntPair = 3
   padding: IntPair = 1
   groups: int = 1
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     conv = Conv2d(self.features, self.kernel_size, padding=self.padding,
                   groups=self.groups, name="conv")
-    norm = BatchNorm(axis_name=self.axis_name, name="norm")
+    norm = BatchNorm(name="norm")
     x = conv_bn(self, x, conv, norm)
     return avg_pool2(nn.relu(x))
 
@@ -556,13 +555,12 @@ class UpBlock2d(nn.Module):
   kernel_size: IntPair = 3
   padding: IntPair = 1
   groups: int = 1
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     conv = Conv2d(self.features, self.kernel_size, padding=self.padding,
                   groups=self.groups, name="conv")
-    norm = BatchNorm(axis_name=self.axis_name, name="norm")
+    norm = BatchNorm(name="norm")
     return nn.relu(conv_bn(self, x, conv, norm,
                            upsample=True))
 
@@ -577,14 +575,13 @@ class ResBlock2d(nn.Module):
   elementwise pass."""
   kernel_size: IntPair = 3
   padding: IntPair = 1
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: Array) -> Array:
     c = x.shape[-1]
-    norm1 = BatchNorm(axis_name=self.axis_name, name="norm1")
+    norm1 = BatchNorm(name="norm1")
     conv1 = Conv2d(c, self.kernel_size, padding=self.padding, name="conv1")
-    norm2 = BatchNorm(axis_name=self.axis_name, name="norm2")
+    norm2 = BatchNorm(name="norm2")
     conv2 = Conv2d(c, self.kernel_size, padding=self.padding, name="conv2")
     if not _fast(self, norm2):
       out = nn.relu(norm1(x))
@@ -625,7 +622,6 @@ class Encoder(nn.Module):
   in_features: int
   num_blocks: int = 3
   max_features: int = 256
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x: Array) -> list[Array]:
@@ -633,8 +629,7 @@ class Encoder(nn.Module):
                                self.num_blocks, self.max_features)["encoder"]
     outs = [x]
     for i, c in enumerate(chans):
-      outs.append(DownBlock2d(c, 3, 1, axis_name=self.axis_name,
-                              name=f"down_blocks_{i}")(outs[-1]))
+      outs.append(DownBlock2d(c, 3, 1, name=f"down_blocks_{i}")(outs[-1]))
     return outs
 
 
@@ -647,7 +642,6 @@ class Decoder(nn.Module):
   in_features: int
   num_blocks: int = 3
   max_features: int = 256
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, xs: Sequence[Array]) -> Array:
@@ -656,8 +650,7 @@ class Decoder(nn.Module):
     xs = list(xs)
     out = xs.pop()
     for j, c in enumerate(chans):
-      out = UpBlock2d(c, 3, 1, axis_name=self.axis_name,
-                      name=f"up_blocks_{j}")(out)
+      out = UpBlock2d(c, 3, 1, name=f"up_blocks_{j}")(out)
       out = jnp.concatenate([out, xs.pop()], axis=-1)
     return out
 
@@ -673,7 +666,6 @@ class Hourglass(nn.Module):
   in_features: int
   num_blocks: int = 3
   max_features: int = 256
-  axis_name: str | None = None
 
   @property
   def out_filters(self) -> int:
@@ -682,6 +674,5 @@ class Hourglass(nn.Module):
   @nn.compact
   def __call__(self, x: Array) -> Array:
     kw = dict(block_expansion=self.block_expansion, in_features=self.in_features,
-              num_blocks=self.num_blocks, max_features=self.max_features,
-              axis_name=self.axis_name)
+              num_blocks=self.num_blocks, max_features=self.max_features)
     return Decoder(**kw, name="decoder")(Encoder(**kw, name="encoder")(x))

@@ -79,13 +79,11 @@ class UncertaintyHead(nn.Module):
     image_size: ``(height, width)`` of the frames.
     max_features, min_features: channel schedule (module docstring).
     num_up_blocks: None: enough to reach ``image_size`` (5 for 8 -> 256).
-    axis_name: data-parallel axis of the synchronised BatchNorms.
   """
   image_size: tuple[int, int] = (256, 256)
   max_features: int = 256
   min_features: int = 16
   num_up_blocks: int | None = None
-  axis_name: str | None = None
 
   def widths(self, n: int) -> list[int]:
     return [max(self.min_features, self.max_features // (2 ** j))
@@ -98,8 +96,7 @@ class UncertaintyHead(nn.Module):
       n = num_up_blocks_for(feature.shape[1:3], self.image_size)
     x = feature
     for j, c in enumerate(self.widths(n)):
-      x = UpBlock2d(c, 3, 1, axis_name=self.axis_name,
-                    name=f"up_blocks_{j}")(x)
+      x = UpBlock2d(c, 3, 1, name=f"up_blocks_{j}")(x)
     size = tuple(int(s) for s in self.image_size)
     if x.shape[1:3] != size:
       x = ops.resize_bilinear(x, size)
@@ -131,7 +128,6 @@ class UncertaintyPoseNetwork(nn.Module):
   head_max_features: int = 256
   head_min_features: int = 16
   head_num_up_blocks: int | None = None
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, pair: Array) -> dict[str, Array]:
@@ -148,7 +144,8 @@ class UncertaintyPoseNetwork(nn.Module):
     out["uncertainty"] = UncertaintyHead(
         image_size=tuple(self.image_size), max_features=self.head_max_features,
         min_features=self.head_min_features,
-        num_up_blocks=self.head_num_up_blocks, axis_name=self.axis_name, name="uncertainty_head")(feats[-1])
+        num_up_blocks=self.head_num_up_blocks,
+        name="uncertainty_head")(feats[-1])
     return out
 
 

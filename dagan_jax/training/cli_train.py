@@ -60,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
     from dagan_jax import allocator  # pylint: disable=import-outside-toplevel
     logging.getLogger(__name__).info("%s", allocator.status_line())
   cfg = config_lib.load_config(args.config, args.extra_args)
-  if cfg.get("trainer", "talking_head") == "depth":
+  if cfg.trainer == "depth":
     from dagan_jax.training import depth as trainer  # pylint: disable=import-outside-toplevel
   else:
     from dagan_jax.training import talking_head as trainer  # pylint: disable=import-outside-toplevel

@@ -43,10 +43,9 @@ from dagan_jax.errors import ConfigError
 from dagan_jax.losses import depth as depth_losses
 from dagan_jax.models import build as build_lib
 from dagan_jax.models import layers
-from dagan_jax.training import optim, parallel
-from dagan_jax.training.checkpointing import Checkpointer, abstract_like
-from dagan_jax.training.loop import LaggedMetrics, Progress, run_steps
-from dagan_jax.training.monitor import Monitor
+from dagan_jax.training import optim, parallel, setup
+from dagan_jax.training.loop import (STOP_KEY, LaggedMetrics, Progress, run_steps,
+                                     stop_signal)
 
 log = logging.getLogger(__name__)
 Array = jax.Array
@@ -98,13 +97,13 @@ def make_task(config, steps_per_epoch: int) -> DepthTask:
   dp = config.model_params.depth_params
   models = build_lib.build_models(config)
   h, w = (int(v) for v in config.dataset_params.frame_shape[:2])
-  if bool(dp.get("uncertainty", False)):
+  if bool(dp.uncertainty):
     from dagan_jax.models.uncertainty import UncertaintyPoseNetwork  # pylint: disable=import-outside-toplevel
     pose = UncertaintyPoseNetwork(num_layers=int(dp.num_layers), image_size=(h, w))
   else:
     pose = PosePair(int(dp.num_layers), (h, w))
   scales = tuple(int(s) for s in tp.scales)
-  missing = sorted(set(scales) - set(int(s) for s in dp.get("scales", [0, 1, 2, 3])))
+  missing = sorted(set(scales) - set(int(s) for s in dp.scales))
   if missing:
     raise ConfigError(f"train_params.scales {list(scales)} uses decoder scales "
                       f"{missing} that model_params.depth_params.scales lacks")
@@ -119,7 +118,7 @@ def make_task(config, steps_per_epoch: int) -> DepthTask:
       ssim_alpha=float(tp.ssim_alpha),
       ssim_halved=bool(tp.ssim_halved),
       automask=bool(tp.automask),
-      uncertainty=bool(dp.get("uncertainty", False)),
+      uncertainty=bool(dp.uncertainty),
       loss_weights=dict(tp.loss_weights), compute_dtype=dtype,
       kernels=str(config.compute.kernels))
 
@@ -230,6 +229,7 @@ def per_device_step(state: DepthState, batch, key, *, task: DepthTask,
   params = optax.apply_updates(state.params, updates)
   grad_norm = compute.global_norm(grads)
   metrics = pmean({**terms, "total": total, "grad_norm": grad_norm})
+  metrics[STOP_KEY] = stop_signal(batch, axis_name)
   ok = pmean(jnp.all(jnp.stack([jnp.isfinite(total), jnp.isfinite(grad_norm)]))
              .astype(jnp.float32)) == 1.0
   new = DepthState(step=state.step + 1, params=params, batch_stats=stats,
@@ -294,44 +294,30 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
                        progress: bool = True) -> dict[str, Any]:
   """Trains the face depth network of ``config`` in ``workdir`` (resumable)."""
   from dagan_jax.input import pipeline  # pylint: disable=import-outside-toplevel
-  from dagan_jax.input import clips as clips_lib  # pylint: disable=import-outside-toplevel
 
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   tp = config.train_params
-  seed = int(config.get("seed", 0))
-  mesh = parallel.make_mesh()
-  global_bs = int(tp.batch_size)
-  host_bs = parallel.per_host_batch_size(global_bs, mesh)
-  skip_bad = bool(tp.skip_bad_data)
-  split_data = pipeline.open_split(config.dataset_params, "train",
-                                   min_frames=3, skip_bad=skip_bad)
-  groups = clips_lib.group_clips(split_data.clips,
-                                 bool(config.dataset_params.get("id_sampling", False)))
-  steps_per_epoch = max(len(groups) * int(tp.num_repeats) // global_bs, 1)
-  total_steps = int(tp.max_steps or 0) or int(tp.num_epochs) * steps_per_epoch
-  if max_steps is not None:  # overrides the epoch count (and max_steps)
-    total_steps = int(max_steps)
+  seed = int(config.seed)
+  # Frame triplets: a clip needs 3 frames.
+  plan = setup.plan_run(config, max_steps=max_steps, min_frames=3)
+  mesh, global_bs, host_bs = plan.mesh, plan.global_batch_size, plan.host_batch_size
+  total_steps = plan.total_steps
   dataset = pipeline.make_depth_dataset(
       config.dataset_params, split="train", seed=seed, batch_size=host_bs,
       num_repeats=int(tp.num_repeats),
-      num_workers=int(tp.num_workers), skip_bad=skip_bad,
-      split_data=split_data)
+      num_workers=int(tp.num_workers), skip_bad=plan.skip_bad,
+      split_data=plan.split_data)
   data_iter = iter(dataset)
 
-  task = make_task(config, steps_per_epoch)
+  task = make_task(config, plan.steps_per_epoch)
   state = init_state(task, jax.random.key(seed), config.dataset_params.frame_shape)
   state = parallel.replicate(state, mesh)
-  ckpt = Checkpointer(workdir, max_to_keep=int(tp.keep_checkpoints))
-  meta = {"skipped": 0}
-  notes = []
-  if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(abstract_like(state), data_iter)
-    notes.append(f"resumed from {ckpt.directory / str(ckpt.latest_step())}")
-  start = int(parallel.to_host(state.step))
+  run = setup.open_run(workdir, config, plan, state, data_iter,
+                       progress=progress, description=config.name or "depth")
+  state, start, ckpt, monitor = run.state, run.start, run.ckpt, run.monitor
+  notes = list(run.notes)
   step_fn = make_train_step(task, mesh)
-  monitor = Monitor(workdir, total_steps=total_steps, initial_step=start,
-                    progress=progress, description=config.get("name", "depth"))
   notes.append(f"face depth network ({'DaGAN++ uncertainty-aware' if task.uncertainty else 'DaGAN'}), "
                f"ResNet-{config.model_params.depth_params.num_layers}; devices: "
                f"{mesh.devices.size}; global batch {global_bs}; {total_steps} steps")
@@ -343,7 +329,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
   log_every = max(int(tp.log_every), 1)
   ckpt_every = max(int(tp.checkpoint_every), 1)
   image_every = int(tp.image_every or 0)
-  at = Progress(step=start, skipped=int(meta.get("skipped", 0)))
+  at = Progress(step=start, skipped=run.skipped)
   vis = {}
 
   lagged = LaggedMetrics(monitor, ckpt, total_steps=total_steps,

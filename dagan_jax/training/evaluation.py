@@ -83,7 +83,7 @@ def _model_frames(frames, name: str, dataset_params) -> np.ndarray:
   size mismatch is a DataError naming the clip)."""
   from dagan_jax.input.samplers import check_frame  # pylint: disable=import-outside-toplevel
   hw = tuple(int(v) for v in dataset_params.frame_shape[:2])
-  resize = bool(dataset_params.get("resize_frames", False))
+  resize = bool(dataset_params["resize_frames"])
   out = []
   for i, f in enumerate(frames):
     u8 = np.clip(np.asarray(f, np.float32) * 255.0 + 0.5, 0, 255).astype(np.uint8)
@@ -108,8 +108,8 @@ def reconstruction_l1(config, task, state, frozen, *, num_videos: int | None = N
   variables = _variables(task, state, frozen)
   l1s, copy_l1s = [], []
   for name, clip in pipeline.reconstruction_videos(
-      dp.root_dir, "test", layout=dp.get("layout", "vox"),
-      cache_dir=dp.get("cache_dir", "") or None, limit=num_videos):
+      dp.root_dir, "test", layout=dp.layout,
+      cache_dir=dp.cache_dir or None, limit=num_videos):
     n = len(clip)
     idx = np.unique(np.linspace(0, n - 1, min(num_frames, n)).astype(int))
     frames = _model_frames(clip.read([0] + [int(i) for i in idx]), name, dp)

@@ -38,8 +38,8 @@ def _talking_head_args(cfg, batch: int, device):
   vgg = None
   perceptual = sum(float(w) for w in tp.loss_weights.perceptual) != 0
   if perceptual:
-    arch = "vgg19" if (tp.get("vgg19_weights", "") or
-                       tp.get("perceptual_backbone", "") == "vgg19") else "vgg16"
+    arch = "vgg19" if (tp.vgg19_weights or
+                       tp.perceptual_backbone == "vgg19") else "vgg16"
     vgg = vgg_lib.VGGFeatures(arch=arch)
   task = th.make_task(cfg, global_batch_size=batch, steps_per_epoch=1, vgg=vgg)
   mesh = parallel.make_mesh([device])
@@ -87,7 +87,7 @@ def train_step_cost(config, batch_per_device: int = 1) -> dict[str, Any]:
   with cfg.unlocked():
     cfg.train_params.batch_size = int(batch_per_device)
   device = jax.devices()[0]
-  if cfg.get("trainer", "talking_head") == "depth":
+  if cfg.trainer == "depth":
     step, args = _depth_args(cfg, batch_per_device, device)
   else:
     step, args = _talking_head_args(cfg, batch_per_device, device)

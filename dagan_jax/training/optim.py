@@ -55,7 +55,7 @@ def adam(schedule: optax.Schedule | float, b1: float, b2: float = 0.999,
 def talking_head_optimizers(train_params, steps_per_epoch: int
                             ) -> dict[str, optax.GradientTransformation]:
   """``{'kp_detector', 'generator', 'discriminator'}`` optimisers (official)."""
-  milestones = list(train_params.get("epoch_milestones", []) or [])
+  milestones = list(train_params["epoch_milestones"] or [])
   out = {}
   for name, key in (("kp_detector", "lr_kp_detector"),
                     ("generator", "lr_generator"),
@@ -73,9 +73,9 @@ def depth_optimizer(train_params, steps_per_epoch: int
                     ) -> optax.GradientTransformation:
   """The depth stage's single Adam (monodepth2 defaults)."""
   return adam(step_schedule(float(train_params["learning_rate"]),
-                            int(train_params.get("scheduler_step_size", 15)),
+                            int(train_params["scheduler_step_size"]),
                             steps_per_epoch,
-                            int(train_params.get("num_epochs", 20))),
+                            int(train_params["num_epochs"])),
               b1=0.9, b2=0.999)
 
 

@@ -52,11 +52,11 @@ from dagan_jax.errors import ConfigError
 from dagan_jax.losses import generator as gen_losses
 from dagan_jax.losses.weights import apply_loss_weights, total_loss
 from dagan_jax.models import build as build_lib
+from dagan_jax.models import layers
 from dagan_jax.training import evaluation as train_eval
-from dagan_jax.training import optim, parallel
-from dagan_jax.training.checkpointing import Checkpointer, abstract_like
-from dagan_jax.training.loop import LaggedMetrics, Progress, run_steps
-from dagan_jax.training.monitor import Monitor
+from dagan_jax.training import optim, parallel, setup
+from dagan_jax.training.loop import (STOP_KEY, LaggedMetrics, Progress, run_steps,
+                                     stop_signal)
 
 log = logging.getLogger(__name__)
 Array = jax.Array
@@ -125,11 +125,10 @@ def requires_depth_network(config) -> bool:
 
 
 def make_task(config, *, global_batch_size: int, steps_per_epoch: int,
-              axis_name: str | None = parallel.DATA_AXIS,
               vgg: Any = None) -> Task:
   """Builds modules and optimisers from ``config`` (no parameters yet)."""
   tp = config.train_params
-  models = build_lib.build_models(config, axis_name=axis_name)
+  models = build_lib.build_models(config)
   disc_scales = set(norm_scale(s) for s in models.discriminator.scales)
   scales = tuple(norm_scale(s) for s in tp.scales)
   if not disc_scales <= set(scales):
@@ -330,7 +329,7 @@ def generator_loss_fn(trainable: dict[str, Any], state: TrainState,
     for name in ("equivariance_value", "equivariance_jacobian"):
       if float(lw[name]) != 0 and name in eq:
         terms[name] = eq[name]
-  if float(lw.get("kp_distance", 0)) != 0:
+  if float(lw["kp_distance"]) != 0:
     terms.update(gen_losses.keypoint_distance_terms(
         kp_src, kp_drv, task.kp_distance_threshold, task.kp_distance_form))
   if "batch_stats" in kp_vars:
@@ -387,7 +386,16 @@ def per_device_step(state: TrainState, batch: Mapping[str, Array],
                     task: Task, axis_name: str | None = parallel.DATA_AXIS
                     ) -> tuple[TrainState, dict[str, Array]]:
   """One generator update then one discriminator update on this device's
-  shard of the batch. Collectives over ``axis_name`` (None: one device)."""
+  shard of the batch. Collectives over ``axis_name`` (None: one device),
+  BatchNorm statistics synchronised over it too."""
+  with layers.sync_batch_norm(axis_name):
+    return _updates(state, batch, frozen, tps, task=task, axis_name=axis_name)
+
+
+def _updates(state: TrainState, batch: Mapping[str, Array],
+             frozen: Mapping[str, Any], tps: ops.TPSParams, *, task: Task,
+             axis_name: str | None) -> tuple[TrainState, dict[str, Array]]:
+  """The body of :func:`per_device_step`."""
   def pmean(x):
     return jax.lax.pmean(x, axis_name) if axis_name else x
 
@@ -437,6 +445,7 @@ def per_device_step(state: TrainState, batch: Mapping[str, Array],
     metrics["grad_norm_discriminator"] = compute.global_norm(d_grads)
     finite += [d_total, d_grads]
   metrics = pmean(metrics)
+  metrics[STOP_KEY] = stop_signal(batch, axis_name)
   ok = pmean(compute.all_finite(finite).astype(jnp.float32)) == 1.0
   new_state = TrainState(step=state.step + 1, params=new_params,
                          batch_stats=new_stats, opt_state=new_opt)
@@ -492,7 +501,7 @@ def load_frozen(config, task: Task) -> tuple[dict[str, Any], list[str]]:
       frozen["depth"] = {n: variables[n] for n in ("depth_encoder", "depth_decoder")}
       notes.append(f"face depth network: frozen, from {path}")
     else:
-      key = jax.random.key(int(config.get("seed", 0)) + 17)
+      key = jax.random.key(int(config.seed) + 17)
       variables = build_lib.init_variables(task.models, key,
                                            names=("depth_encoder", "depth_decoder"))
       frozen["depth"] = variables
@@ -511,14 +520,6 @@ def load_frozen(config, task: Task) -> tuple[dict[str, Any], list[str]]:
 # --------------------------------------------------------------------------
 # The program
 
-def epoch_size(config, split_data) -> int:
-  """Records in one epoch (all hosts): repeats x persons (or clips)."""
-  from dagan_jax.input import clips as clips_lib  # pylint: disable=import-outside-toplevel
-  groups = clips_lib.group_clips(split_data.clips,
-                                 bool(config.dataset_params.get("id_sampling", False)))
-  return len(groups) * int(config.train_params.num_repeats)
-
-
 def train_and_evaluate(config, workdir: str | pathlib.Path, *,
                        max_steps: int | None = None,
                        progress: bool = True) -> dict[str, Any]:
@@ -533,24 +534,15 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
   tp = config.train_params
-  seed = int(config.get("seed", 0))
-  mesh = parallel.make_mesh()
-  global_bs = int(tp.batch_size)
-  host_bs = parallel.per_host_batch_size(global_bs, mesh)
-  skip_bad = bool(tp.skip_bad_data)
-
-  # Data.
-  split_data = pipeline.open_split(config.dataset_params, "train",
-                                   skip_bad=skip_bad)
-  records = epoch_size(config, split_data)
-  steps_per_epoch = max(records // global_bs, 1)
-  total_steps = int(tp.max_steps or 0) or int(tp.num_epochs) * steps_per_epoch
-  if max_steps is not None:  # overrides the epoch count (and max_steps)
-    total_steps = int(max_steps)
+  seed = int(config.seed)
+  plan = setup.plan_run(config, max_steps=max_steps)
+  mesh, global_bs, host_bs = plan.mesh, plan.global_batch_size, plan.host_batch_size
+  steps_per_epoch, total_steps = plan.steps_per_epoch, plan.total_steps
+  split_data = plan.split_data
   dataset = pipeline.make_pair_dataset(
       config.dataset_params, split="train", seed=seed, batch_size=host_bs,
       num_repeats=int(tp.num_repeats), num_workers=int(tp.num_workers),
-      skip_bad=skip_bad, split_data=split_data)
+      skip_bad=plan.skip_bad, split_data=split_data)
   data_iter = iter(dataset)
 
   # Networks.
@@ -569,16 +561,11 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
   state = parallel.replicate(state, mesh)
   frozen = parallel.replicate(frozen, mesh)
 
-  ckpt = Checkpointer(workdir, max_to_keep=int(tp.keep_checkpoints))
-  meta = {"trainer": "talking_head", "skipped": 0}
-  if ckpt.latest_step() is not None:
-    state, meta = ckpt.restore(abstract_like(state), data_iter)
-    notes.append(f"resumed from {ckpt.directory / str(ckpt.latest_step())}")
-  start = int(parallel.to_host(state.step))
+  run = setup.open_run(workdir, config, plan, state, data_iter,
+                       progress=progress, description=config.name or "train")
+  state, start, ckpt, monitor = run.state, run.start, run.ckpt, run.monitor
+  notes += run.notes
   train_step = make_train_step(task, mesh)
-
-  monitor = Monitor(workdir, total_steps=total_steps, initial_step=start,
-                    progress=progress, description=config.get("name", "train"))
   for line in notes + [
       f"devices: {mesh.devices.size} ({jax.devices()[0].platform}), "
       f"{jax.process_count()} process(es); global batch {global_bs}, "
@@ -593,7 +580,7 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
   ckpt_every = max(int(tp.checkpoint_every), 1)
   image_every = int(tp.image_every or 0)
   eval_every = int(tp.eval_every or 0)
-  at = Progress(step=start, skipped=int(meta.get("skipped", 0)))
+  at = Progress(step=start, skipped=run.skipped)
   vis_batch = {}
   summary: dict[str, Any] = {"notes": notes}
   if start >= total_steps:

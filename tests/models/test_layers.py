@@ -147,8 +147,9 @@ def test_batchnorm_train_gradients_synchronised_like_one_big_batch():
   ct = jnp.asarray(rng.normal(size=(8, 5, 5, 4)).astype(np.float32))
 
   def loss(params, xs, cts, axis_name=None):
-    y, _ = layers.BatchNorm(axis_name=axis_name).apply(
-        {**variables, "params": params}, xs, mutable=["batch_stats"])
+    with layers.sync_batch_norm(axis_name):
+      y, _ = layers.BatchNorm().apply(
+          {**variables, "params": params}, xs, mutable=["batch_stats"])
     return jnp.sum(y * cts)
 
   gp, gx = jax.grad(loss, argnums=(0, 1))(variables["params"], x, ct)
@@ -166,7 +167,7 @@ def test_batchnorm_init_does_not_update_running_stats():
   np.testing.assert_array_equal(v["batch_stats"]["var"], 1)
 
 
-def test_batchnorm_axis_name_synchronises_like_one_big_batch():
+def test_sync_batch_norm_is_like_one_big_batch():
   """Per-device shards under a named axis give the statistics (and running
   averages, with the global unbiased count) of the whole batch."""
   bn = _torch_bn(4, 2)
@@ -176,8 +177,8 @@ def test_batchnorm_axis_name_synchronises_like_one_big_batch():
                                         mutable=["batch_stats"])
 
   def shard(xs):
-    return layers.BatchNorm(axis_name="data").apply(
-        variables, xs, mutable=["batch_stats"])
+    with layers.sync_batch_norm("data"):
+      return layers.BatchNorm().apply(variables, xs, mutable=["batch_stats"])
 
   y, upd_s = jax.vmap(shard, axis_name="data")(jnp.asarray(x).reshape(4, 2, 5, 5, 4))
   np.testing.assert_allclose(y.reshape(x.shape), whole, atol=2e-6)

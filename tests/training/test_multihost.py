@@ -29,11 +29,12 @@ def _free_port() -> int:
     return s.getsockname()[1]
 
 
-@pytest.mark.slow
-def test_two_processes_match_one(tmp_path, vox_root):
+def _run_two_processes(tmp_path, vox_root, workdir, *extra, only=None):
+  """Runs the 2-process trainer (multihost_worker.py) on ``workdir`` with
+  the worker arguments ``extra``, and ``only[i]`` for process ``i`` alone.
+  Returns each process's result JSON."""
   port = _free_port()
-  out = tmp_path / "result.json"
-  workdir = tmp_path / "run"
+  out = tmp_path / f"result_{port}.json"
   # The suite's XLA flags but its simulated-device count (the worker sets 2
   # per process), and no shared persistent compilation cache between the
   # two cooperating processes.
@@ -45,7 +46,8 @@ def test_two_processes_match_one(tmp_path, vox_root):
       if not f.startswith("--xla_force_host_platform_device_count="))
   procs = [subprocess.Popen(
       [sys.executable, str(WORKER), "--process-id", str(i), "--port", str(port),
-       "--root", vox_root, "--out", str(out), "--workdir", str(workdir)],
+       "--root", vox_root, "--out", str(out), "--workdir", str(workdir), *extra,
+       *(only or {}).get(i, ())],
       env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(2)]
   logs = []
@@ -58,8 +60,14 @@ def test_two_processes_match_one(tmp_path, vox_root):
         p.kill()
   for p, log in zip(procs, logs):
     assert p.returncode == 0, log[-4000:]
-  result = json.loads(out.read_text())
-  assert result["devices"] == 4 and result["trainer_step"] == 2
+  return [json.loads(pathlib.Path(f"{out}.{i}").read_text()) for i in range(2)]
+
+
+@pytest.mark.slow
+def test_two_processes_match_one(tmp_path, vox_root):
+  workdir = tmp_path / "run"
+  for result in _run_two_processes(tmp_path, vox_root, workdir):
+    assert result["devices"] == 4 and result["trainer_step"] == 2
 
   # The same two global batches in one process on 4 devices (host 0's rows,
   # then host 1's, as make_array_from_process_local_data places them), with
@@ -80,15 +88,37 @@ def test_two_processes_match_one(tmp_path, vox_root):
   logged = {r["step"]: r for r in read_metrics(workdir)}
   assert sorted(logged) == [1, 2]
   for k in metrics[0]:
-    if k == "finite":
+    if k in ("finite", "stop_signal"):
       continue
     rtol = 1e-2 if k.startswith("grad_norm") else 2e-4
     np.testing.assert_allclose(logged[1][k], metrics[0][k], rtol=rtol, atol=1e-5,
                                err_msg=k)
   for k in metrics[1]:
-    if k != "finite" and not k.startswith("grad_norm"):
+    if k not in ("finite", "stop_signal") and not k.startswith("grad_norm"):
       np.testing.assert_allclose(logged[2][k], metrics[1][k], rtol=5e-3,
                                  atol=1e-5, err_msg=k)
   # The checkpoint and the model were written jointly by both hosts.
   assert (workdir / "checkpoints" / "2").is_dir()
   assert (workdir / "model" / "variables").is_dir()
+
+
+@pytest.mark.slow
+def test_sigterm_on_one_host_stops_both_at_the_same_step(tmp_path, vox_root):
+  """A SIGTERM to one of two processes (a preempted host) makes both save
+  the same step and stop cleanly; a restart resumes from that step."""
+  workdir = tmp_path / "run"
+  results = _run_two_processes(tmp_path, vox_root, workdir, "--max-steps", "100",
+                               only={1: ["--sigterm-after-step", "1"]})
+  steps = {r["trainer_step"] for r in results}
+  assert len(steps) == 1, results  # the same step on both hosts
+  stopped = steps.pop()
+  assert 1 < stopped < 100
+  assert [r["signal"] for r in results] == [15, 15]
+  saved = sorted(int(d.name) for d in (workdir / "checkpoints").iterdir()
+                 if d.name.isdigit())
+  assert saved[-1] == stopped, saved
+  resumed = _run_two_processes(tmp_path, vox_root, workdir, "--max-steps",
+                               str(stopped + 1))
+  for r in resumed:
+    assert r["trainer_step"] == stopped + 1 and r["signal"] is None
+    assert any(f"checkpoints/{stopped}" in n for n in r["notes"]), r["notes"]

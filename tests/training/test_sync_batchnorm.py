@@ -1,7 +1,6 @@
 """Synchronised BatchNorm under shard_map: forward, running statistics and
 gradients on 4 devices equal one device on the whole batch (SyncBatchNorm)."""
 
-import functools
 
 import flax.linen as nn
 import jax
@@ -14,21 +13,20 @@ from dagan_jax.training import parallel
 
 
 class _Net(nn.Module):
-  axis_name: str | None = None
 
   @nn.compact
   def __call__(self, x):
     x = Conv2d(8, 3, padding=1)(x)
-    x = BatchNorm(axis_name=self.axis_name)(x)
+    x = BatchNorm()(x)  # synchronised by the context below
     x = jnp.tanh(x)
     x = Conv2d(4, 3, padding=1)(x)
-    x = BatchNorm()(x)  # no axis_name: synchronised by the context below
+    x = BatchNorm()(x)
     return x
 
 
 def _grads(num_devices, x, variables):
   mesh = parallel.make_mesh(jax.devices()[:num_devices])
-  net = _Net(axis_name=parallel.DATA_AXIS)
+  net = _Net()
 
   def per_device(variables, x):
     def loss(params):

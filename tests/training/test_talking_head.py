@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
 import pathlib
 import signal
 import subprocess
@@ -21,8 +20,8 @@ from dagan_jax.errors import NonFiniteLossError
 from dagan_jax.input import pipeline
 from dagan_jax.models import build as build_lib
 from dagan_jax.models.vgg import VGGFeatures
-from dagan_jax.training import parallel
 from dagan_jax.training import talking_head as th
+from dagan_jax.training.checkpointing import Checkpointer
 from dagan_jax.training.monitor import read_metrics
 
 
@@ -104,7 +103,7 @@ def test_non_finite_loss_stops_naming_step_and_term(tmp_path, vox_root):
   msg = str(err.value)
   assert "step 2" in msg and "generator_total" in msg, msg
   # Step 1 was good and is the last checkpoint; nothing later was written.
-  ckpt = th.Checkpointer(tmp_path)
+  ckpt = Checkpointer(tmp_path)
   assert ckpt.all_steps() == [1]
   ckpt.close()
 
@@ -138,7 +137,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(tmp_path, vox_root):
       proc.kill()
   assert proc.returncode == 0, out
   assert "on signal" in out
-  ckpt = th.Checkpointer(workdir)
+  ckpt = Checkpointer(workdir)
   saved = ckpt.all_steps()
   ckpt.close()
   assert saved and 1 <= saved[-1] < 1000
@@ -198,7 +197,7 @@ def test_joint_gradient_shares_discriminator_forward_and_equals_sequential(vox_r
       "train_params.loss_weights.equivariance_jacobian=0"])
   batch = {k: np.asarray(v) for k, v in fixed_batch(cfg).items()}
   task = th.make_task(cfg, global_batch_size=4, steps_per_epoch=10,
-                      axis_name=None, vgg=VGGFeatures(arch="vgg16"))
+                      vgg=VGGFeatures(arch="vgg16"))
   assert task.use_gan and not task.use_equivariance
   frozen, _ = th.load_frozen(cfg, task)
   variables = build_lib.init_variables(task.models, jax.random.key(0), names=th.TRAINED)
