@@ -7,7 +7,8 @@ benchmark shows it pays for itself (BENCHMARKS.md):
 
 * :mod:`.conv`: convolutions routed by shape to Winograd F(2x2, 3x3)
   (:mod:`.winograd`), matmul weight gradients for narrow heads
-  (:mod:`.narrow_conv`) and tiled weight gradients (:mod:`.tiled_dw_conv`);
+  (:mod:`.narrow_conv`), patch-matrix matmuls on tiny maps
+  (:mod:`.im2col_conv`) and tiled weight gradients (:mod:`.tiled_dw_conv`);
 * :mod:`.reductions`: long sums in two stages (BatchNorm, InstanceNorm,
   biases, losses, gradient norms);
 * :func:`materialize`: an optimisation barrier where XLA:CPU would fuse a

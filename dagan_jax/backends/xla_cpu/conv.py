@@ -17,6 +17,7 @@ import jax.numpy as jnp
 
 from dagan_jax.backends.xla_cpu import winograd
 from dagan_jax.backends.xla_cpu.conv_common import output_size
+from dagan_jax.backends.xla_cpu.im2col_conv import conv_im2col
 from dagan_jax.backends.xla_cpu.narrow_conv import conv_narrow_out
 from dagan_jax.backends.xla_cpu.tiled_dw_conv import conv_tiled_dw
 
@@ -36,6 +37,21 @@ NARROW_MAX_OUT = 16
 #: stems of a 32x32 toy generator became 116 fusions of 49 slices each, and
 #: the toy training step compiled in 36 s (25 s with this bound).
 NARROW_MIN_IN = 8
+
+#: Wide convs on tiny maps run as
+#: :func:`~dagan_jax.backends.xla_cpu.im2col_conv.conv_im2col`: on maps of
+#: at most ``IM2COL_ALWAYS_PIXELS`` pixels per image with a kernel of at
+#: least ``IM2COL_MIN_WEIGHTS`` entries (XLA compiles a 3x3 conv on a 2x2
+#: map as a generic loop convolution: 512 -> 512 on 2x2x2, forward +
+#: gradients, 39 -> 4 ms; 8x2x2 140 -> 6 ms), and where the output has at
+#: most ``IM2COL_MAX_ROWS`` pixels in the whole batch and the kernel at least
+#: ``IM2COL_WIDE_WEIGHTS`` entries (the hourglass bottoms: 1024 -> 1024 on
+#: 2x4x4 83 -> 38 ms, 512 -> 1024 31 -> 14 ms). On the whole DaGAN step at
+#: batch 2 it pays about 5% (same-time A/B, 2026-12-07, BENCHMARKS.md).
+IM2COL_ALWAYS_PIXELS = 4
+IM2COL_MIN_WEIGHTS = 9 * 256 * 256
+IM2COL_MAX_ROWS = 64
+IM2COL_WIDE_WEIGHTS = 9 * 512 * 1024
 
 #: Stride-1 convs on batches of at most ``TILED_DW_MAX_BATCH`` images with an
 #: even-sided output of at least ``TILED_DW_MIN_PIXELS`` pixels run as
@@ -71,6 +87,16 @@ def _narrow(x: Array, kernel: Array, padding: tuple[int, int]) -> bool:
           and padding == ((kh - 1) // 2, (kw - 1) // 2))
 
 
+def _im2col(x: Array, kernel: Array, padding: tuple[int, int]) -> bool:
+  ho, wo = output_size(x.shape, kernel.shape, padding)
+  weights = math.prod(kernel.shape)
+  if ho < 1 or wo < 1 or weights < IM2COL_MIN_WEIGHTS:
+    return False
+  return (ho * wo <= IM2COL_ALWAYS_PIXELS
+          or (x.shape[0] * ho * wo <= IM2COL_MAX_ROWS
+              and weights >= IM2COL_WIDE_WEIGHTS))
+
+
 def _winograd(x: Array, kernel: Array, padding: tuple[int, int]) -> bool:
   return (kernel.shape[:2] == (3, 3) and padding == (1, 1)
           and x.dtype == jnp.float32
@@ -88,12 +114,14 @@ def _tiled_dw(x: Array, kernel: Array, padding: tuple[int, int]) -> bool:
 def conv_form(x: Array, kernel: Array, *, stride: tuple[int, int],
               padding: tuple[int, int], dilation: tuple[int, int],
               groups: int) -> str:
-  """The form :func:`conv2d` uses: 'narrow', 'winograd', 'tiled_dw' or
-  'xla', in that order of precedence."""
+  """The form :func:`conv2d` uses: 'narrow', 'im2col', 'winograd',
+  'tiled_dw' or 'xla', in that order of precedence."""
   if groups != 1 or stride != (1, 1) or dilation != (1, 1):
     return "xla"
   if _narrow(x, kernel, padding):
     return "narrow"
+  if _im2col(x, kernel, padding):
+    return "im2col"
   if _winograd(x, kernel, padding):
     return "winograd"
   if _tiled_dw(x, kernel, padding):
@@ -107,6 +135,8 @@ def conv2d(x: Array, kernel: Array, *, stride: tuple[int, int],
   """The convolution of :func:`dagan_jax.backends.xla.conv2d`, by the form
   :func:`conv_form` picks:
 
+  * 'im2col': wide kernels on tiny maps as matmuls over the patch matrix
+    (no transposed copy of the kernel in the input gradient);
   * 'narrow': narrow output heads as
     :func:`~dagan_jax.backends.xla_cpu.narrow_conv.conv_narrow_out` (their
     weight gradient a matmul, 3-25x faster);
@@ -121,6 +151,9 @@ def conv2d(x: Array, kernel: Array, *, stride: tuple[int, int],
   if form == "narrow":
     with jax.named_scope("xla_cpu_narrow_conv"):
       return conv_narrow_out(x, kernel, padding, precision)
+  if form == "im2col":
+    with jax.named_scope("xla_cpu_im2col_conv"):
+      return conv_im2col(x, kernel, padding, precision)
   if form == "winograd":
     with jax.named_scope("xla_cpu_winograd"):
       return winograd.conv3x3_f23(x, kernel, precision=precision)

@@ -1,5 +1,5 @@
 """What the convolution forms of the CPU kernel set (``narrow_conv``,
-``tiled_dw_conv``) and its router (``conv.conv2d``) share:
+``im2col_conv``, ``tiled_dw_conv``) and its router (``conv.conv2d``) share:
 XLA's stride-1 NHWC/HWIO convolution with symmetric zero padding, and its
 output size."""
 
