@@ -44,15 +44,11 @@ def _run_two_processes(tmp_path, vox_root, workdir, *extra, only=None):
   env["XLA_FLAGS"] = " ".join(
       f for f in env.get("XLA_FLAGS", "").split()
       if not f.startswith("--xla_force_host_platform_device_count="))
-  # Each process keeps its own persistent compilation cache across the
-  # launches of one test (a restart then compiles nothing new).
   procs = [subprocess.Popen(
       [sys.executable, str(WORKER), "--process-id", str(i), "--port", str(port),
        "--root", vox_root, "--out", str(out), "--workdir", str(workdir), *extra,
        *(only or {}).get(i, ())],
-      env={**env, "JAX_COMPILATION_CACHE_DIR": str(tmp_path / f"jax_cache_{i}"),
-           "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0"},
-      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+      env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
       for i in range(2)]
   logs = []
   try:
