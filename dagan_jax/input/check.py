@@ -7,9 +7,12 @@ afterwards), checks them against what training needs (at least
 and decodes ``num_sample_frames`` frames of every clip (first, last, and
 evenly spaced ones between; the last frame catches truncated videos whose
 header promises more frames than they hold), checking each decoded frame as
-the training pipeline does. The report counts clips, persons and frames and
-lists every bad file by name with what is wrong. A missing or empty split
-folder counts as a bad entry.
+the training pipeline does. With ``audio``, each clip's sound (its
+sidecar ``.wav`` or its video's audio stream,
+:mod:`dagan_jax.audio.sources`) must exist, decode, and last as long as
+the picture to within one frame. The report counts clips, persons and
+frames and lists every bad file by name with what is wrong. A missing or
+empty split folder counts as a bad entry.
 
 :func:`contact_sheet` draws sampled training pairs after augmentation.
 """
@@ -94,7 +97,7 @@ def check_dataset(root: str | os.PathLike, layout: str = "vox", *,
                   resize: bool = False, num_sample_frames: int = 3,
                   min_frames: int = 2,
                   cache_dir: str | os.PathLike | None = None,
-                  threads: int = 4) -> CheckReport:
+                  threads: int = 4, audio: bool = False) -> CheckReport:
   """Checks ``root`` (see the module docstring). Raises :class:`DataError`
   only if ``root`` itself is missing."""
   import time  # pylint: disable=import-outside-toplevel
@@ -119,11 +122,14 @@ def check_dataset(root: str | os.PathLike, layout: str = "vox", *,
                              resize=resize, frame_width=index.frame_width)
 
     def decode(cid: int) -> str | None:
+      clip = sel.clips[cid]
       try:
-        reader.read(cid, sample_indices(sel.clips[cid].num_frames,
-                                        num_sample_frames))
+        reader.read(cid, sample_indices(clip.num_frames, num_sample_frames))
       except DataError as e:
         return str(e)
+      if audio:
+        from dagan_jax.audio import sources  # pylint: disable=import-outside-toplevel
+        return sources.check_clip_audio(sel.path(cid), clip.num_frames, clip.fps)
       return None
 
     with concurrent.futures.ThreadPoolExecutor(max(1, threads)) as pool:

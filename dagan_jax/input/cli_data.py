@@ -39,6 +39,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                  help="frames a clip needs (2 pairs, 3 depth triplets)")
   c.add_argument("--cache-dir", help="clip-index cache folder")
   c.add_argument("--threads", type=int, default=4)
+  c.add_argument("--audio", action="store_true",
+                 help="also check each clip's sound (its sidecar .wav or its "
+                      "video's audio): present, decodable, as long as the "
+                      "video to within one frame")
   c.add_argument("--seed", type=int, default=0)
 
   b = sub.add_parser("build-tfds", help="write the TFDS ArrayRecord dataset",
@@ -73,7 +77,7 @@ def _check(args: argparse.Namespace) -> int:
       args.root, args.layout, splits=splits, frame_shape=shape,
       resize=args.resize_frames, num_sample_frames=args.num_sample_frames,
       min_frames=args.min_frames, cache_dir=args.cache_dir,
-      threads=args.threads)
+      threads=args.threads, audio=args.audio)
   print(report.format())
   if args.sheet:
     sheet_split = "train" if "train" in splits else splits[0]

@@ -62,6 +62,9 @@ from dagan_jax.input import media
 log = logging.getLogger("dagan_jax.input")
 
 LAYOUTS = ("vox", "hdtf")
+#: Extensions of sound files, which a split folder may hold beside its clips.
+SOUND_EXTS = (".wav", ".flac", ".mp3", ".m4a", ".aac", ".ogg")
+
 DEFAULT_FRAME_SHAPE = {"vox": (256, 256, 3), "hdtf": (512, 512, 3)}
 INDEX_FORMAT = 1
 PROBE_THREADS = 8
@@ -296,7 +299,10 @@ def scan_split(root: str | os.PathLike, split: str, layout: str = "vox", *,
   try:
     with os.scandir(sdir) as it:
       for e in it:
-        if e.name.startswith("."):
+        # Hidden files, and the sound files beside clips (a clip's speech
+        # as a sidecar <clip>.wav, dagan_jax.audio.sources): not clips.
+        if (e.name.startswith(".")
+            or os.path.splitext(e.name)[1].lower() in SOUND_EXTS):
           continue
         try:
           st = e.stat()
