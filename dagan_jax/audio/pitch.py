@@ -35,13 +35,22 @@ YIN_SILENCE_RMS = 0.01
 TRACKERS = ("auto", "harvest", "yin")
 
 
+def _import_pyworld():
+  """pyworld, or None when it is not installed (its import warns that
+  pkg_resources is deprecated: silenced, it is pyworld's own business)."""
+  import warnings  # pylint: disable=import-outside-toplevel
+  with warnings.catch_warnings():
+    warnings.simplefilter("ignore", UserWarning)
+    try:
+      import pyworld  # pylint: disable=import-outside-toplevel
+    except ImportError:
+      return None
+  return pyworld
+
+
 def harvest_available() -> bool:
   """Whether pyworld (hence Harvest) can be imported."""
-  try:
-    import pyworld  # noqa: F401  pylint: disable=import-outside-toplevel,unused-import
-  except ImportError:
-    return False
-  return True
+  return _import_pyworld() is not None
 
 
 def tracker_name(tracker: str = "auto") -> str:
@@ -68,8 +77,7 @@ def f0(signal: np.ndarray, sample_rate: int = 16000,
   name = tracker_name(tracker)
   x = np.ascontiguousarray(signal, np.float64)
   if name == "harvest":
-    import pyworld  # pylint: disable=import-outside-toplevel
-    out, _ = pyworld.harvest(x, sample_rate, f0_floor=F0_FLOOR,
+    out, _ = _import_pyworld().harvest(x, sample_rate, f0_floor=F0_FLOOR,
                              f0_ceil=F0_CEIL, frame_period=FRAME_PERIOD_MS)
     return np.asarray(out, np.float64)
   return yin(x, sample_rate)
