@@ -38,6 +38,27 @@ def fixture_dir(shared_dir) -> pathlib.Path:
   return pathlib.Path(os.environ.get(
       "DAGAN_PARITY_FIXTURE", shared_dir / "fixtures" / "small"))
 
+def _speech_fixture(shared_dir, env: str, name: str):
+  """The npz of a speech-system fixture (directory from ``env`` if set)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  npz = pathlib.Path(os.environ.get(env) or shared_dir / "fixtures" / name) / "fixture.npz"
+  if not npz.is_file():
+    pytest.fail(f"{npz} not found (set {env})")
+  return np.load(npz)
+
+
+@pytest.fixture(scope="session")
+def a2h_npz(shared_dir):
+  """Audio2Head's official numbers (``DAGAN_A2H_FIXTURE``)."""
+  return _speech_fixture(shared_dir, "DAGAN_A2H_FIXTURE", "audio2head_small")
+
+
+@pytest.fixture(scope="session")
+def iplap_npz(shared_dir):
+  """IP_LAP's official numbers (``DAGAN_IPLAP_FIXTURE``)."""
+  return _speech_fixture(shared_dir, "DAGAN_IPLAP_FIXTURE", "ip_lap_small")
+
+
 # Compiled XLA programs are cached across tests (and runs) of the same shapes.
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR",
                       str(REPO / ".pytest_cache" / "jax_compilation_cache"))
