@@ -123,3 +123,12 @@ def mel_chunks(mel: np.ndarray, fps: align.Rate = 25) -> np.ndarray:
     return np.zeros((0, mel.shape[0], CHUNK_STEPS), np.float32)
   idx = starts[:, None] + np.arange(CHUNK_STEPS)[None, :]
   return np.asarray(mel[:, idx].transpose(1, 0, 2), np.float32)
+
+
+def mel_from_file(path, *, min_seconds: float = 0.04) -> np.ndarray:
+  """IP_LAP's spectrogram of the speech in ``path`` (any audio or video
+  file, read as 16 kHz mono and scaled to [-1, 1) as librosa loads it)."""
+  from dagan_jax.audio import io as audio_io  # pylint: disable=import-outside-toplevel
+  return melspectrogram(audio_io.to_float(
+      audio_io.read_speech(path, min_seconds=min_seconds)))
+

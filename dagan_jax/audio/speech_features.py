@@ -37,6 +37,8 @@ import math
 
 import numpy as np
 
+from dagan_jax.audio import align, pitch
+from dagan_jax.audio import io as audio_io
 from dagan_jax.errors import DataError
 
 #: Feature rows per second (10 ms frames) and per video frame at 25 fps.
@@ -181,10 +183,25 @@ def audio2head_features(samples: np.ndarray, f0: np.ndarray,
   return np.concatenate([a[:n], b[:n], c[:n, None], voiced[:n, None]], axis=1)
 
 
-def frame_blocks(features: np.ndarray) -> np.ndarray:
-  """(T, 4, 41) float32: video frame ``k`` (25 fps) gets rows ``4k..4k+3``;
-  ``T = n // 4`` (the official code drops the rows past the last whole
-  frame)."""
-  t = len(features) // ROWS_PER_FRAME
-  return np.asarray(features[:t * ROWS_PER_FRAME], np.float32).reshape(
-      t, ROWS_PER_FRAME, features.shape[1])
+def frame_blocks(features: np.ndarray, fps: align.Rate = 25) -> np.ndarray:
+  """(T, 4, 41) float32: the 4 rows of each video frame. At 25 fps frame
+  ``k`` gets rows ``4k..4k+3`` and ``T = n // 4`` (the official code drops
+  the rows past the last whole frame); at other rates frame ``k`` starts at
+  row ``floor(100 k / fps)`` (:mod:`dagan_jax.audio.align`)."""
+  return np.asarray(align.frame_windows(features, fps, ROWS_PER_SECOND,
+                                        ROWS_PER_FRAME), np.float32)
+
+
+def features_from_file(path, *, tracker: str = "auto",
+                       min_seconds: float = 0.04) -> tuple[np.ndarray, str]:
+  """``(rows (n, 41), tracker name)`` of the speech in ``path`` (any audio
+  or video file, :func:`dagan_jax.audio.io.read_speech`), pitch by
+  ``tracker`` (:mod:`dagan_jax.audio.pitch`; the name is what configs and
+  checkpoints record)."""
+  samples = audio_io.read_speech(path, min_seconds=min_seconds)
+  name = pitch.tracker_name(tracker)
+  try:
+    signal = normalise(samples)
+  except DataError as e:
+    raise DataError(f"{path}: {e}") from e
+  return audio2head_features(samples, pitch.f0(signal, audio_io.SAMPLE_RATE, name)), name

@@ -67,3 +67,37 @@ def test_frame_blocks_drop_the_partial_frame():
   blocks = sf.frame_blocks(feats)
   assert blocks.shape == (2, 4, 41)
   np.testing.assert_array_equal(blocks[1, 0], feats[4])
+
+
+def test_features_from_a_file_and_frames_at_any_rate(shared_dir, a2h_npz, tmp_path):
+  import wave
+  from dagan_jax.audio import mel, pitch
+  wav = a2h_npz["audio/wav_int16"]
+  path = tmp_path / "speech.wav"
+  with wave.open(str(path), "wb") as w:
+    w.setnchannels(1)
+    w.setsampwidth(2)
+    w.setframerate(16000)
+    w.writeframes(wav.astype("<i2").tobytes())
+  feats, name = sf.features_from_file(path)
+  assert name == pitch.tracker_name("auto")
+  if name == "harvest":
+    _close(feats, a2h_npz["audio/features"])
+  else:  # MFCC and filterbank are the same whatever the tracker
+    _close(feats[:, :39], a2h_npz["audio/features"][:, :39])
+  # 30 fps: 10/3 rows per frame, every frame a whole window of 4 rows.
+  blocks = sf.frame_blocks(feats, 30)
+  assert blocks.shape == (111, 4, 41)  # floor(10 k / 3) + 4 <= 371
+  np.testing.assert_array_equal(blocks[3], feats[10:14].astype(np.float32))
+  clip = sorted((shared_dir / "data" / "av_mini" / "test").glob("*.mp4"))[0]
+  spec = mel.mel_from_file(clip)
+  assert spec.shape[0] == 80 and spec.shape[1] > 100
+  assert -4 <= spec.min() < spec.max() <= 4
+  with pytest.raises(DataError, match="silent"):
+    silent = tmp_path / "silent.wav"
+    with wave.open(str(silent), "wb") as w:
+      w.setnchannels(1)
+      w.setsampwidth(2)
+      w.setframerate(16000)
+      w.writeframes(np.zeros(1600, "<i2").tobytes())
+    sf.features_from_file(silent)
