@@ -20,6 +20,12 @@ points lie in [0, 1], 1 pixel wide (8-connected), grey 224 on black, on a
 canvas whose short side is 128 (``int(h * 128 / min(h, w))`` by
 ``int(w * 128 / min(h, w))`` for an ``h x w`` crop), resized (bilinear) to
 128x128 and divided by 255 (values in [0, 224/255], 3 equal channels).
+
+The template's preprocessing: :func:`crop_box` (the 131 points' box plus
+25 px), :func:`crop_landmarks` (points normalised to that box),
+:func:`lip_openness` and :func:`reference_frames` (references spread over
+the frames sorted by mouth openness), all as the official inference
+computes them from MediaPipe's points.
 """
 
 from __future__ import annotations
@@ -140,3 +146,68 @@ def sketch(landmarks: np.ndarray, crop_hw) -> np.ndarray:
   import cv2  # pylint: disable=import-outside-toplevel
   canvas = draw_canvas(landmarks, canvas_size(crop_hw))
   return (cv2.resize(canvas, (SKETCH_SIZE, SKETCH_SIZE)) / 255.0).astype(np.float32)
+
+
+# --------------------------------------------------------------------------
+# Template preprocessing (inference_single.py)
+
+#: Pixels added around the landmarks' box on every side before cropping.
+CROP_MARGIN_PX = 25
+
+
+def _positions(mesh_ids) -> list[int]:
+  return [ORI_SEQUENCE.index(i) for i in mesh_ids]
+
+
+def crop_box(mesh: np.ndarray, frame_hw, margin: int = CROP_MARGIN_PX
+             ) -> tuple[int, int, int, int]:
+  """IP_LAP's face crop ``(y1, y2, x1, x2)`` of one frame: the box of the
+  131 points (``mesh``: (131, 2) image-normalised (x, y) in
+  :data:`ORI_SEQUENCE` order) widened by ``margin`` pixels on each side,
+  clipped to the frame, ``int()`` of the normalised bounds times h or w."""
+  h, w = (int(v) for v in frame_hw)
+  x, y = np.asarray(mesh, np.float64)[:, 0], np.asarray(mesh, np.float64)[:, 1]
+  x_min, x_max = max(x.min() - margin / w, 0.0), min(x.max() + margin / w, 1.0)
+  y_min, y_max = max(y.min() - margin / h, 0.0), min(y.max() + margin / h, 1.0)
+  return int(y_min * h), int(y_max * h), int(x_min * w), int(x_max * w)
+
+
+def crop_landmarks(mesh: np.ndarray, frame_hw, box) -> np.ndarray:
+  """The 131 points normalised to the integer crop ``box`` (from
+  :func:`crop_box`), in full-face order: (2, 131) float32, x row then y
+  row (pose points first, then content)."""
+  h, w = (int(v) for v in frame_hw)
+  y1, y2, x1, x2 = box
+  pts = np.asarray(mesh, np.float64)[list(FULL_FACE_ORDER)]
+  x = (w * pts[:, 0] - x1) / (x2 - x1)
+  y = (h * pts[:, 1] - y1) / (y2 - y1)
+  return np.stack([x, y]).astype(np.float32)
+
+
+def lip_openness(mesh: np.ndarray) -> float:
+  """Distance between the upper and lower lip midpoints (mesh points 0 and
+  17) in image-normalised coordinates."""
+  a, b = _positions(LIP_MIDPOINTS)
+  return float(np.linalg.norm(np.asarray(mesh, np.float64)[a]
+                              - np.asarray(mesh, np.float64)[b]))
+
+
+def _torch_linspace_int(end: int, steps: int) -> np.ndarray:
+  """``int(torch.linspace(0, end, steps))`` as torch computes it in float32
+  (the first half counted up from 0, the second down from ``end``)."""
+  if steps == 1:
+    return np.zeros(1, np.int64)
+  step = np.float32(end) / np.float32(steps - 1)
+  i = np.arange(steps)
+  half = steps // 2
+  up = np.float32(0) + step * i.astype(np.float32)
+  down = np.float32(end) - step * (steps - 1 - i).astype(np.float32)
+  return np.where(i < half, up, down).astype(np.float32).astype(np.int64)
+
+
+def reference_frames(openness, count: int) -> np.ndarray:
+  """Frames whose faces serve as references: the frames sorted by mouth
+  openness (stable), sampled at ``int(torch.linspace(0, L - 1, count))``
+  (IP_LAP takes 15 for reference landmarks, 25 for reference images)."""
+  order = np.argsort(np.asarray(openness, np.float64), kind="stable")
+  return order[_torch_linspace_int(len(order) - 1, count)]

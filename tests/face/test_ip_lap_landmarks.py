@@ -42,3 +42,32 @@ def test_points_outside_the_crop_are_not_drawn():
   assert canvas.max() == 224 and canvas.sum() > 0
   with pytest.raises(ValueError, match="131"):
     lm.draw_canvas(np.zeros((2, 10)), (128, 128))
+
+
+def test_template_preprocessing_equals_the_official_code(iplap_npz):
+  """Crop boxes, crop-normalised pose and content landmarks, mouth openness
+  and the reference frames of the fixture's template video, from its mesh
+  points."""
+  mesh = iplap_npz["frames/mesh131"]
+  hw = (256, 256)
+  boxes = np.array([lm.crop_box(m, hw) for m in mesh])
+  np.testing.assert_array_equal(boxes, iplap_npz["frames/box_y1y2x1x2"])
+  pts = np.array([lm.crop_landmarks(m, hw, b) for m, b in zip(mesh, boxes)])
+  np.testing.assert_allclose(pts[:, :, :lm.NUM_POSE], iplap_npz["frames/pose_landmarks"],
+                             rtol=0, atol=1e-6)
+  np.testing.assert_allclose(pts[:, :, lm.NUM_POSE:], iplap_npz["frames/content_landmarks"],
+                             rtol=0, atol=1e-6)
+  openness = np.array([lm.lip_openness(m) for m in mesh])
+  np.testing.assert_allclose(openness, iplap_npz["frames/lip_dist"], rtol=1e-12)
+  np.testing.assert_array_equal(lm.reference_frames(openness, 15),
+                                iplap_npz["frames/nl_ref_frames"])
+  np.testing.assert_array_equal(lm.reference_frames(openness, 25),
+                                iplap_npz["frames/ref_img_frames"])
+
+
+@pytest.mark.parametrize("end,steps", [(99, 15), (99, 25), (7, 25), (1000, 15),
+                                       (24, 25), (3, 2), (0, 1)])
+def test_reference_sampling_is_torch_linspace(end, steps):
+  torch = pytest.importorskip("torch")
+  want = torch.linspace(0, end, steps).int().numpy()
+  np.testing.assert_array_equal(lm._torch_linspace_int(end, steps), want)  # pylint: disable=protected-access
