@@ -43,11 +43,9 @@ import optax
 
 from dagan_jax.backends import xla as xla_kernels
 from dagan_jax.backends import xla_cpu as cpu_kernels
+from dagan_jax.config import KERNEL_CHOICES
 
 Array = jax.Array
-
-#: Values of the ``compute.kernels`` config field.
-KERNEL_CHOICES = ("auto", "xla", "cpu")
 
 _SETS = {"xla": xla_kernels, "cpu": cpu_kernels}
 

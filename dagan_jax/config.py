@@ -107,6 +107,10 @@ def vox_adv_256() -> dict[str, Any]:
   }
 
 
+#: Values of ``compute.kernels`` (what each means: :mod:`dagan_jax.compute`).
+KERNEL_CHOICES = ("auto", "xla", "cpu")
+
+
 def extra_defaults() -> dict[str, Any]:
   """Keys beyond the official YAML schema, with the official demo's choices."""
   return {
@@ -296,10 +300,9 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   if cfg.trainer not in ("talking_head", "depth"):
     raise ConfigError(f"trainer is {cfg.trainer!r}; expected 'talking_head' "
                       "or 'depth'")
-  kernels = cfg.compute.kernels
-  if kernels not in ("auto", "xla", "cpu"):
-    raise ConfigError(f"compute.kernels is {kernels!r}; expected 'auto', "
-                      "'xla' or 'cpu'")
+  if cfg.compute.kernels not in KERNEL_CHOICES:
+    raise ConfigError(f"compute.kernels is {cfg.compute.kernels!r}; expected "
+                      f"one of {', '.join(KERNEL_CHOICES)}")
   mp = cfg.model_params
   for section in ("common_params", "kp_detector_params", "generator_params",
                   "discriminator_params"):

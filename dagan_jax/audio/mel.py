@@ -27,6 +27,7 @@ from __future__ import annotations
 import numpy as np
 
 from dagan_jax.audio import align
+from dagan_jax.audio import io as audio_io
 
 SAMPLE_RATE = 16000
 N_FFT = 800
@@ -128,7 +129,6 @@ def mel_chunks(mel: np.ndarray, fps: align.Rate = 25) -> np.ndarray:
 def mel_from_file(path, *, min_seconds: float = 0.04) -> np.ndarray:
   """IP_LAP's spectrogram of the speech in ``path`` (any audio or video
   file, read as 16 kHz mono and scaled to [-1, 1) as librosa loads it)."""
-  from dagan_jax.audio import io as audio_io  # pylint: disable=import-outside-toplevel
   return melspectrogram(audio_io.to_float(
       audio_io.read_speech(path, min_seconds=min_seconds)))
 

@@ -176,7 +176,11 @@ def audio2head_features(samples: np.ndarray, f0: np.ndarray,
   raw pitch ``f0`` of their normalised signal (0 = unvoiced; see
   :mod:`dagan_jax.audio.pitch`); ``n`` is the shortest of the three
   sequences."""
-  signal = normalise(samples)
+  return _rows(normalise(samples), f0, sample_rate)
+
+
+def _rows(signal: np.ndarray, f0: np.ndarray, sample_rate: int) -> np.ndarray:
+  """:func:`audio2head_features` of the already normalised ``signal``."""
   a, b = mfcc(signal, sample_rate), logfbank(signal, sample_rate)
   c, voiced = fill_unvoiced(f0)
   n = min(len(a), len(b), len(c))
@@ -204,4 +208,5 @@ def features_from_file(path, *, tracker: str = "auto",
     signal = normalise(samples)
   except DataError as e:
     raise DataError(f"{path}: {e}") from e
-  return audio2head_features(samples, pitch.f0(signal, audio_io.SAMPLE_RATE, name)), name
+  rate = audio_io.SAMPLE_RATE
+  return _rows(signal, pitch.f0(signal, rate, name), rate), name

@@ -31,6 +31,7 @@ import time
 from typing import Any, Callable, Iterator, Mapping
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from dagan_jax.errors import NonFiniteLossError
@@ -47,7 +48,6 @@ def stop_signal(batch: Mapping[str, Any], axis_name: str | None) -> jax.Array:
   """Inside a step: the largest stop signal any host put into the batch
   (over every device of ``axis_name``; 0 when none), as float32 for the
   metrics. Batches without :data:`STOP_KEY` (tests, benchmarks) give 0."""
-  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
   if STOP_KEY not in batch:
     return jnp.zeros((), jnp.float32)
   s = jnp.max(batch[STOP_KEY]).astype(jnp.float32)
@@ -133,9 +133,10 @@ def run_steps(state: Any, progress: Progress, *,
   steps, at the last step and when a stop signal has been agreed on (the
   step after it arrived; module docstring): ``step_fn`` must return
   :func:`stop_signal` of its batch under :data:`STOP_KEY` in its metrics;
-  after a signal the loop returns with ``progress.signal`` set. ``first_batch`` sees the
-  first host batch, ``after_step(step, state)`` runs after each step's
-  checkpoint. ``progress.seconds`` is the loop's wall time.
+  after a signal the loop returns with ``progress.signal`` set.
+  ``first_batch`` sees the first host batch, ``after_step(step, state)``
+  runs after each step's checkpoint. ``progress.seconds`` is the loop's
+  wall time.
   """
   t0 = time.perf_counter()
   try:

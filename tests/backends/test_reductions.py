@@ -48,11 +48,13 @@ def test_block_sum_matches_float64(shape, start, stop):
   np.testing.assert_allclose(got, want, rtol=0, atol=tol)
 
 
+@compute.use("cpu")
 def test_mean_all_and_block_mean():
+  """compute's means over the staged sums."""
   x = np.random.default_rng(1).standard_normal((2, 64, 64, 3)).astype(np.float32)
-  np.testing.assert_allclose(float(reductions.mean_all(x)), x.astype(np.float64).mean(),
+  np.testing.assert_allclose(float(compute.mean_all(x)), x.astype(np.float64).mean(),
                              atol=1e-7)
-  np.testing.assert_allclose(np.asarray(reductions.block_mean(x, 1, 3)),
+  np.testing.assert_allclose(np.asarray(compute.block_mean(x, 1, 3)),
                              x.astype(np.float64).mean(axis=(1, 2)), atol=1e-6)
 
 

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from dagan_jax.backends import xla as xla_kernels
 from dagan_jax.backends.xla_cpu import winograd
 from dagan_jax.backends.xla_cpu.conv_common import output_size
 from dagan_jax.backends.xla_cpu.im2col_conv import conv_im2col
@@ -160,8 +161,6 @@ def conv2d(x: Array, kernel: Array, *, stride: tuple[int, int],
   if form == "tiled_dw":
     with jax.named_scope("xla_cpu_tiled_dw_conv"):
       return conv_tiled_dw(x, kernel, padding, 2, precision)
-  ph, pw = padding
-  return jax.lax.conv_general_dilated(
-      x, kernel, window_strides=stride, padding=((ph, ph), (pw, pw)),
-      rhs_dilation=dilation, dimension_numbers=("NHWC", "HWIO", "NHWC"),
-      feature_group_count=groups, precision=precision)
+  return xla_kernels.conv2d(x, kernel, stride=stride, padding=padding,
+                            dilation=dilation, groups=groups,
+                            precision=precision)

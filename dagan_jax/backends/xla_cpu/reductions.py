@@ -91,18 +91,6 @@ def block_sum(x: Array, start: int, stop: int) -> Array:
   return out.reshape(shape[:start] + shape[stop:])
 
 
-def block_mean(x: Array, start: int, stop: int) -> Array:
-  """:func:`block_sum` divided by the number of summed elements."""
-  _check_block(x.ndim, start, stop)
-  n = math.prod(x.shape[start:stop])
-  return block_sum(x, start, stop) / jnp.asarray(n, x.dtype)
-
-
-def mean_all(x: Array) -> Array:
-  """``jnp.mean(x)`` (a scalar) by :func:`block_sum`."""
-  return block_mean(x.reshape(-1), 0, 1)
-
-
 @functools.partial(jax.custom_vjp, nondiff_argnums=(1, 2, 3))
 def block_broadcast(v: Array, shape: Sequence[int], start: int, stop: int
                     ) -> Array:
