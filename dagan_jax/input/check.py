@@ -1,10 +1,11 @@
 """``dagan-jax data check``: validate a dataset before a long run.
 
-For each split it lists the split folder, re-reads every clip's header and
-frame count (refreshing the clip-index cache, so that training starts fast
-afterwards), checks them against what training needs (at least
-``min_frames`` frames, ``frame_shape`` unless ``resize_frames``, 8-bit RGB),
-and decodes ``num_sample_frames`` frames of every clip (first, last, and
+For each split (by default the layout's, :data:`.clips.DEFAULT_SPLITS`) it
+lists the split folder (LRS2: reads the split's filelist), re-reads every
+clip's header and frame count (refreshing the clip-index cache, so that
+training starts fast afterwards), checks them against what training needs
+(at least ``min_frames`` frames, ``frame_shape`` unless ``resize_frames``,
+8-bit RGB), and decodes ``num_sample_frames`` frames of every clip (first, last, and
 evenly spaced ones between; the last frame catches truncated videos whose
 header promises more frames than they hold), checking each decoded frame as
 the training pipeline does. With ``audio``, each clip's sound (its
@@ -12,7 +13,8 @@ sidecar ``.wav`` or its video's audio stream,
 :mod:`dagan_jax.audio.sources`) must exist, decode, and last as long as
 the picture to within one frame. The report counts clips, persons and
 frames and lists every bad file by name with what is wrong. A missing or
-empty split folder counts as a bad entry.
+empty split folder (or LRS2 filelist), and a clip a filelist names that does
+not exist, count as bad entries.
 
 :func:`contact_sheet` draws sampled training pairs after augmentation.
 """
@@ -27,7 +29,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from dagan_jax.errors import DataError
+from dagan_jax.errors import ConfigError, DataError
 from dagan_jax.input import clips as clips_lib
 from dagan_jax.input.samplers import FileFrameReader
 
@@ -92,17 +94,23 @@ def sample_indices(n: int, k: int) -> list[int]:
 
 
 def check_dataset(root: str | os.PathLike, layout: str = "vox", *,
-                  splits: Sequence[str] = ("train", "test"),
+                  splits: Sequence[str] | None = None,
                   frame_shape: Sequence[int] | None = None,
                   resize: bool = False, num_sample_frames: int = 3,
                   min_frames: int = 2,
                   cache_dir: str | os.PathLike | None = None,
                   threads: int = 4, audio: bool = False) -> CheckReport:
   """Checks ``root`` (see the module docstring). Raises :class:`DataError`
-  only if ``root`` itself is missing."""
+  only if ``root`` itself is missing. ``splits``: None checks the layout's
+  splits."""
   import time  # pylint: disable=import-outside-toplevel
+  if layout not in clips_lib.LAYOUTS:
+    raise ConfigError(f"dataset layout {layout!r}; expected one of "
+                      f"{clips_lib.LAYOUTS}")
   if not os.path.isdir(root):
     raise DataError(f"dataset root {root} does not exist or is not a folder")
+  if splits is None:
+    splits = clips_lib.DEFAULT_SPLITS[layout]
   shape = tuple(frame_shape or clips_lib.DEFAULT_FRAME_SHAPE[layout])
   report = CheckReport(str(root), layout, shape, resize, [])
   for split in splits:
@@ -113,7 +121,8 @@ def check_dataset(root: str | os.PathLike, layout: str = "vox", *,
       index = clips_lib.scan_split(root, split, layout, cache_dir=cache_dir,
                                    use_cache=False, threads=threads)
     except DataError as e:
-      sr.bad.append(clips_lib.BadClip(os.path.join(str(root), split), str(e)))
+      where = clips_lib.split_listing(root, split, layout)
+      sr.bad.append(clips_lib.BadClip(str(where), str(e)))
       sr.seconds = time.perf_counter() - t0
       continue
     sel = index.select(min_frames=min_frames,

@@ -1,8 +1,10 @@
 """``dagan-jax data``: dataset tools.
 
-``dagan-jax data check --root ROOT --layout vox|hdtf [--split train|test|all]
-[--sheet OUT.png] [--num-sample-frames N] [--frame-shape H W]
-[--resize-frames] [--cache-dir DIR]``
+``dagan-jax data check --root ROOT --layout vox|hdtf|lrs2
+[--split train|val|test|pretrain|all] [--sheet OUT.png] [--num-sample-frames N]
+[--frame-shape H W] [--resize-frames] [--cache-dir DIR] [--audio]``
+    ``--split all`` (the default) checks the layout's splits: train and test,
+    for ``lrs2`` train, val and test (the filelists of ``ROOT/filelists``).
     Reads every clip's header and frame count, decodes a sample of frames,
     prints clips / persons / frames per split and every bad file with what is
     wrong; exit status 1 if anything is bad (0 otherwise; 2 if ROOT is
@@ -11,7 +13,8 @@
 
 ``dagan-jax data build-tfds --root ROOT --layout vox|hdtf --data-dir DIR
 [--config png|jpeg] [--skip-bad] [--frame-shape H W]``
-    Writes the TFDS ArrayRecord dataset ``dagan_<layout>_frames``.
+    Writes the TFDS ArrayRecord dataset ``dagan_<layout>_frames`` (no
+    builder exists for ``lrs2``).
 """
 
 from __future__ import annotations
@@ -23,16 +26,24 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   sub = parser.add_subparsers(dest="data_command", metavar="SUBCOMMAND")
   c = sub.add_parser("check", help="validate a dataset before a long run",
                      description="Validate a dataset before a long run.")
-  c.add_argument("--root", required=True, help="dataset folder holding train/ and test/")
-  c.add_argument("--layout", choices=("vox", "hdtf"), default="vox")
-  c.add_argument("--split", choices=("train", "test", "all"), default="all")
+  c.add_argument("--root", required=True,
+                 help="dataset folder holding train/ and test/ (lrs2: main/ "
+                      "and filelists/)")
+  # The layouts of clips.LAYOUTS, spelled out as this module imports the
+  # package's input code only when a command runs (see _check).
+  c.add_argument("--layout", choices=("vox", "hdtf", "lrs2"), default="vox")
+  c.add_argument("--split", choices=("train", "val", "test", "pretrain", "all"),
+                 default="all",
+                 help="all: the layout's splits (train and test; lrs2: train, "
+                      "val and test)")
   c.add_argument("--sheet", metavar="OUT.png",
                  help="write a contact sheet of augmented training pairs")
   c.add_argument("--sheet-pairs", type=int, default=8, metavar="N")
   c.add_argument("--num-sample-frames", type=int, default=3, metavar="N",
                  help="frames decoded per clip: first, last, evenly between")
   c.add_argument("--frame-shape", type=int, nargs=2, metavar=("H", "W"),
-                 help="required frame size (default: 256 256 vox, 512 512 hdtf)")
+                 help="required frame size (default: 256 256 vox, 512 512 "
+                      "hdtf, 160 160 lrs2)")
   c.add_argument("--resize-frames", action="store_true",
                  help="frames of another size are resized, not bad")
   c.add_argument("--min-frames", type=int, default=2,
@@ -70,7 +81,8 @@ def _check(args: argparse.Namespace) -> int:
   from dagan_jax.input import check  # pylint: disable=import-outside-toplevel
   from dagan_jax.input import clips as clips_lib  # pylint: disable=import-outside-toplevel
   from dagan_jax.input import pipeline  # pylint: disable=import-outside-toplevel
-  splits = ("train", "test") if args.split == "all" else (args.split,)
+  splits = (clips_lib.DEFAULT_SPLITS[args.layout] if args.split == "all"
+            else (args.split,))
   shape = (tuple(args.frame_shape) + (3,) if args.frame_shape
            else clips_lib.DEFAULT_FRAME_SHAPE[args.layout])
   report = check.check_dataset(

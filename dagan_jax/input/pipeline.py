@@ -33,11 +33,12 @@ Training (``make_pair_dataset``, ``make_depth_dataset``)::
 Dataset parameters read (``dataset_params``, a ConfigDict or dict):
 ``root_dir``, ``frame_shape``, ``id_sampling``, ``augmentation_params`` (the
 official keys) and these optional ones: ``layout`` (``'vox'`` default,
-``'hdtf'``, ``'tfds'``), ``resize_frames`` (False: a frame whose size is not
-``frame_shape`` is bad input; True: it is resized, e.g. HDTF 512 -> 256),
-``cache_dir`` (clip index, see :mod:`dagan_jax.input.clips`), ``frame_width``
-(strip images), ``tfds_name`` (with ``layout='tfds'``: the builder name,
-default ``dagan_vox_frames``; ``root_dir`` is then the TFDS data_dir).
+``'hdtf'``, ``'lrs2'``, ``'tfds'``), ``resize_frames`` (False: a frame whose
+size is not ``frame_shape`` is bad input; True: it is resized, e.g. HDTF 512
+-> 256), ``cache_dir`` (clip index, see :mod:`dagan_jax.input.clips`),
+``frame_width`` (strip images), ``tfds_name`` (with ``layout='tfds'``: the
+builder name, default ``dagan_vox_frames``; ``root_dir`` is then the TFDS
+data_dir).
 
 Bad input: a missing or empty split folder is always an error. Clips that
 cannot be used (unreadable header, fewer frames than a record needs, wrong
@@ -137,8 +138,9 @@ def open_split(dataset_params: Any, split: str = "train", *,
                                  frame_width=frame_width)
     reader = None
   else:
-    raise ConfigError(f"dataset_params.layout is {layout!r}; expected 'vox', "
-                      f"'hdtf' or 'tfds'")
+    expected = ", ".join(repr(x) for x in clips_lib.LAYOUTS)
+    raise ConfigError(f"dataset_params.layout is {layout!r}; expected "
+                      f"{expected} or 'tfds'")
   sel = index.select(min_frames=min_frames,
                      frame_hw=None if resize else shape[:2])
   if sel.bad:
