@@ -26,8 +26,11 @@ def exact_rate(rate: Rate) -> fractions.Fraction:
   29.97 -> 2997/100)."""
   if isinstance(rate, fractions.Fraction):
     value = rate
-  elif isinstance(rate, float):
-    value = fractions.Fraction(repr(rate))
+  elif isinstance(rate, (float, np.floating)):
+    # float() first: numpy 2's repr of its scalars is 'np.float64(25.0)'.
+    value = fractions.Fraction(repr(float(rate)))
+  elif isinstance(rate, np.integer):
+    value = fractions.Fraction(int(rate))
   else:
     value = fractions.Fraction(rate)
   if value <= 0:

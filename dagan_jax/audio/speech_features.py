@@ -196,6 +196,19 @@ def frame_blocks(features: np.ndarray, fps: align.Rate = 25) -> np.ndarray:
                                         ROWS_PER_FRAME), np.float32)
 
 
+def features_from_samples(samples: np.ndarray, *, tracker: str = "auto",
+                          where: str = "speech") -> tuple[np.ndarray, str]:
+  """``(rows (n, 41), tracker name)`` of 16 kHz int16 ``samples``; a
+  :class:`DataError` naming ``where`` for a signal without sound."""
+  name = pitch.tracker_name(tracker)
+  try:
+    signal = normalise(samples)
+  except DataError as e:
+    raise DataError(f"{where}: {e}") from e
+  rate = audio_io.SAMPLE_RATE
+  return _rows(signal, pitch.f0(signal, rate, name), rate), name
+
+
 def features_from_file(path, *, tracker: str = "auto",
                        min_seconds: float = 0.04) -> tuple[np.ndarray, str]:
   """``(rows (n, 41), tracker name)`` of the speech in ``path`` (any audio
@@ -203,10 +216,4 @@ def features_from_file(path, *, tracker: str = "auto",
   ``tracker`` (:mod:`dagan_jax.audio.pitch`; the name is what configs and
   checkpoints record)."""
   samples = audio_io.read_speech(path, min_seconds=min_seconds)
-  name = pitch.tracker_name(tracker)
-  try:
-    signal = normalise(samples)
-  except DataError as e:
-    raise DataError(f"{path}: {e}") from e
-  rate = audio_io.SAMPLE_RATE
-  return _rows(signal, pitch.f0(signal, rate, name), rate), name
+  return features_from_samples(samples, tracker=tracker, where=str(path))

@@ -68,46 +68,37 @@ def clip_box(points: np.ndarray, found: np.ndarray | None = None, *,
   return _square(centre, np.asarray(size), scale, raise_)
 
 
-def crop(frames: np.ndarray, box, size: int | tuple[int, int]) -> np.ndarray:
-  """Cuts the square ``box`` out of (N, H, W, C) or (H, W, C) frames and
-  resizes it to ``size`` (an int or (height, width)); area averaging when
-  shrinking, bilinear otherwise; zeros outside the frame."""
+def box_pixels(box) -> tuple[int, int, int]:
+  """``[x0, y0, side]`` as whole pixels (nearest, halves up): crops are cut
+  on the pixel grid, then resized, so a box the size of the output is a
+  plain slice."""
+  x0, y0, side = (int(np.floor(float(v) + 0.5)) for v in box)
+  return x0, y0, side
+
+
+def crop(frames: np.ndarray, box, size: int | tuple[int, int],
+         where: str = "frame") -> np.ndarray:
+  """Cuts the square ``box`` out of (N, H, W, C) or (H, W, C) frames (zeros
+  where it leaves the frame) and resizes it to ``size`` (an int or
+  (height, width)): area averaging when shrinking, bilinear otherwise; the
+  dtype is kept (crop uint8 frames, then convert)."""
   import cv2  # pylint: disable=import-outside-toplevel
   frames = np.asarray(frames)
   single = frames.ndim == 3
   if single:
     frames = frames[None]
-  out_h, out_w = (size, size) if np.isscalar(size) else tuple(size)
-  x0, y0, side = (float(v) for v in box)
-  if not np.isfinite([x0, y0, side]).all() or side <= 0:
-    raise DataError(f"crop box {box} is not a finite square")
-  shrinking = side > max(out_h, out_w)
-  # Continuous-coordinate affine from the output pixels to the box, turned
-  # into cv2's pixel-centre indexing (index = coordinate - 0.5).
-  sx, sy = side / out_w, side / out_h
-  m = np.array([[sx, 0.0, x0 + 0.5 * sx - 0.5], [0.0, sy, y0 + 0.5 * sy - 0.5]])
-  out = []
-  for f in frames:
-    if shrinking:
-      # INTER_AREA needs a plain resize: cut (with zero padding) first.
-      out.append(_cut_then_resize(f, x0, y0, side, (out_w, out_h)))
-    else:
-      out.append(cv2.warpAffine(f, m, (out_w, out_h),
-                                flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
-                                borderMode=cv2.BORDER_CONSTANT, borderValue=0))
-  out = np.stack(out)
-  return out[0] if single else out
-
-
-def _cut_then_resize(frame: np.ndarray, x0: float, y0: float, side: float,
-                     wh: tuple[int, int]) -> np.ndarray:
-  import cv2  # pylint: disable=import-outside-toplevel
-  h, w = frame.shape[:2]
-  ix0, iy0 = int(round(x0)), int(round(y0))
-  n = max(1, int(round(side)))
-  canvas = np.zeros((n, n) + frame.shape[2:], frame.dtype)
-  sx0, sy0 = max(ix0, 0), max(iy0, 0)
-  sx1, sy1 = min(ix0 + n, w), min(iy0 + n, h)
-  if sx1 > sx0 and sy1 > sy0:
-    canvas[sy0 - iy0:sy1 - iy0, sx0 - ix0:sx1 - ix0] = frame[sy0:sy1, sx0:sx1]
-  return cv2.resize(canvas, wh, interpolation=cv2.INTER_AREA)
+  out_h, out_w = (size, size) if np.isscalar(size) else (int(size[0]), int(size[1]))
+  if not np.isfinite(np.asarray(box, np.float64)).all():
+    raise DataError(f"{where}: crop box {list(box)} is not a finite square")
+  x0, y0, side = box_pixels(box)
+  h, w = frames.shape[1:3]
+  ys, ye, xs, xe = max(y0, 0), min(y0 + side, h), max(x0, 0), min(x0 + side, w)
+  if side < 1 or ys >= ye or xs >= xe:
+    raise DataError(f"{where}: crop box {[float(v) for v in box]} does not "
+                    f"overlap the {h}x{w} frame")
+  cut = np.zeros((len(frames), side, side) + frames.shape[3:], frames.dtype)
+  cut[:, ys - y0:ye - y0, xs - x0:xe - x0] = frames[:, ys:ye, xs:xe]
+  if (side, side) != (out_h, out_w):
+    interp = cv2.INTER_AREA if side * side > out_h * out_w else cv2.INTER_LINEAR
+    cut = np.stack([cv2.resize(f, (out_w, out_h), interpolation=interp) for f in cut])
+  return cut[0] if single else cut

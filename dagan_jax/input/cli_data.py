@@ -11,6 +11,13 @@
     missing). ``--sheet`` writes a contact sheet of augmented training pairs.
     The run refreshes the clip-index cache that training reads.
 
+``dagan-jax data prepare --root ROOT --layout vox|hdtf|lrs2 --out DIR
+[--split S|all] [--pitch auto|harvest|yin] [--model MODEL_DIR] [--batch N]``
+    Computes once per clip what speech-driven training reads beside the
+    frames (speech features, face mesh, crop box, head poses, a model's
+    keypoints): :mod:`dagan_jax.input.prepare`. Resumable; exit status 1 if
+    a clip could not be prepared.
+
 ``dagan-jax data build-tfds --root ROOT --layout vox|hdtf --data-dir DIR
 [--config png|jpeg] [--skip-bad] [--frame-shape H W]``
     Writes the TFDS ArrayRecord dataset ``dagan_<layout>_frames`` (no
@@ -67,13 +74,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   b.add_argument("--cache-dir")
 
 
+  p = sub.add_parser(
+      "prepare", help="compute speech features, face mesh, crops, poses (and a "
+      "model's keypoints) once per clip",
+      description="Compute what speech-driven training reads beside the frames, "
+                  "once per clip (dagan_jax.input.prepare); resumable.")
+  p.add_argument("--root", required=True, help="dataset folder")
+  p.add_argument("--layout", choices=("vox", "hdtf", "lrs2"), default="vox")
+  p.add_argument("--out", required=True, help="folder to write the prepared files into")
+  p.add_argument("--split", default="all",
+                 help="a split, or 'all' for the layout's splits")
+  p.add_argument("--pitch", choices=("auto", "harvest", "yin"), default="auto",
+                 help="pitch tracker of Audio2Head's features (auto: Harvest "
+                      "when pyworld is installed)")
+  p.add_argument("--model", metavar="DIR",
+                 help="a DaGAN / DaGAN++ model directory: also store its "
+                      "keypoints and Jacobians on every frame's crop")
+  p.add_argument("--batch", type=int, default=16, help="frames per face-mesh batch")
+  p.add_argument("--cache-dir", help="clip-index cache folder")
+  p.add_argument("--no-progress", action="store_true")
+
+
 def run(args: argparse.Namespace) -> int:
   cmd = getattr(args, "data_command", None)
   if cmd == "check":
     return _check(args)
   if cmd == "build-tfds":
     return _build(args)
-  print("dagan-jax data: choose a subcommand: check, build-tfds")
+  if cmd == "prepare":
+    return _prepare(args)
+  print("dagan-jax data: choose a subcommand: check, build-tfds, prepare")
   return 2
 
 
@@ -116,3 +146,14 @@ def _build(args: argparse.Namespace) -> int:
                                   frame_shape=shape, cache_dir=args.cache_dir)
   print(f"built {path}")
   return 0
+
+
+def _prepare(args: argparse.Namespace) -> int:
+  from dagan_jax.input import prepare  # pylint: disable=import-outside-toplevel
+  report = prepare.prepare_dataset(
+      args.root, args.out, layout=args.layout,
+      splits=None if args.split == "all" else (args.split,),
+      pitch_tracker=args.pitch, model_dir=args.model, batch=args.batch,
+      cache_dir=args.cache_dir, progress=not args.no_progress)
+  print(report.format())
+  return 0 if report.ok else 1

@@ -131,6 +131,10 @@ def test_crop_pads_outside_and_matches_slicing_inside():
   np.testing.assert_array_equal(C.crop(flat, [5, 5, 40], 80), np.full((80, 80, 3), 77))
   with pytest.raises(DataError, match="not a finite square"):
     C.crop(frame, [np.nan, 0, 10], 8)
+  with pytest.raises(DataError, match="clip.mp4: crop box .* does not overlap the 100x120 frame"):
+    C.crop(frame, [200, 0, 10], 8, where="clip.mp4")
+  # Boxes are cut on the pixel grid, halves up.
+  assert C.box_pixels([1.5, -0.5, 63.6]) == (2, 0, 64)
 
 
 @needs_mesh
