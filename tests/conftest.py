@@ -38,6 +38,14 @@ def fixture_dir(shared_dir) -> pathlib.Path:
   return pathlib.Path(os.environ.get(
       "DAGAN_PARITY_FIXTURE", shared_dir / "fixtures" / "small"))
 
+
+def _speech_fixture_dir(shared_dir, env: str, name: str) -> pathlib.Path:
+  d = pathlib.Path(os.environ.get(env) or shared_dir / "fixtures" / name)
+  if not d.is_dir():
+    pytest.fail(f"{d} not found (set {env})")
+  return d
+
+
 def _speech_fixture(shared_dir, env: str, name: str):
   """The npz of a speech-system fixture (directory from ``env`` if set)."""
   import numpy as np  # pylint: disable=import-outside-toplevel
@@ -51,6 +59,36 @@ def _speech_fixture(shared_dir, env: str, name: str):
 def a2h_npz(shared_dir):
   """Audio2Head's official numbers (``DAGAN_A2H_FIXTURE``)."""
   return _speech_fixture(shared_dir, "DAGAN_A2H_FIXTURE", "audio2head_small")
+
+
+@pytest.fixture(scope="session")
+def a2h_dir(shared_dir) -> pathlib.Path:
+  """Audio2Head's fixture folder (``DAGAN_A2H_FIXTURE``): audio2head.pth.tar,
+  config.yaml, fixture.npz, meta.json."""
+  return _speech_fixture_dir(shared_dir, "DAGAN_A2H_FIXTURE", "audio2head_small")
+
+
+@pytest.fixture(scope="session")
+def a2h_state_dicts(a2h_dir):
+  """``{'audio2pose', 'audio2kp', 'kp_detector', 'generator'}`` state dicts
+  of the fixture's official checkpoint, as numpy float32 arrays."""
+  torch = pytest.importorskip("torch")
+  ckpt = torch.load(a2h_dir / "audio2head.pth.tar", map_location="cpu", weights_only=True)
+  return {k: {n: v.numpy() for n, v in sd.items()} for k, sd in ckpt.items()}
+
+
+@pytest.fixture(scope="session")
+def a2h_config(a2h_dir) -> dict:
+  """The fixture's config.yaml (``parameters`` and ``vox-256`` sections)."""
+  import yaml  # pylint: disable=import-outside-toplevel
+  with open(a2h_dir / "config.yaml") as f:
+    return yaml.safe_load(f)
+
+
+@pytest.fixture(scope="session")
+def iplap_dir(shared_dir) -> pathlib.Path:
+  """IP_LAP's fixture folder (``DAGAN_IPLAP_FIXTURE``)."""
+  return _speech_fixture_dir(shared_dir, "DAGAN_IPLAP_FIXTURE", "ip_lap_small")
 
 
 @pytest.fixture(scope="session")
