@@ -29,6 +29,12 @@ Rows (each runs in its own subprocess, so that its peak RSS is its own):
   picks on this machine).
 * ``profile-inference:MODEL:B`` / ``profile-training:MODEL:B``: where the
   time goes (:mod:`benchmarks.breakdown`).
+* ``speech-prep``: what ``dagan-jax data prepare`` costs, stage by stage, on
+  the sample clips with sound (``../shared/data/av_mini``): speech decoding,
+  Audio2Head's rows (Harvest when pyworld is installed, and our YIN), IP_LAP's
+  mel, the face mesh (frames/s), head poses, and a whole clip: real-time
+  factors (seconds of video per second of work) and minutes per hour of
+  video.
 
 Every row reports the compiled program's FLOPs (loop-aware matmul + conv
 count of the optimised HLO, :mod:`benchmarks.hlo_flops`, and XLA's own
@@ -102,7 +108,8 @@ FULL_ROWS = (
     + [f"training:{m}:{b}" for m in ("dagan256", "daganpp256", "daganpp512")
        for b in (2, 8)]
     + ["input:dagan256:2", "input:dagan256:8",
-       "profile-inference:dagan256:1", "profile-training:dagan256:2"])
+       "profile-inference:dagan256:1", "profile-training:dagan256:2",
+       "speech-prep"])
 QUICK_ROWS = ["peak", "inference:dagan256:1", "inference:dagan256:16",
               "training:dagan256:2", "training:dagan256:8"]
 
@@ -356,6 +363,55 @@ def _input_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any]:
   return res
 
 
+def _speech_prep_row(opts: dict[str, Any]) -> dict[str, Any]:
+  """Stage timings of ``data prepare`` on a few sample clips with sound."""
+  import glob  # pylint: disable=import-outside-toplevel
+
+  from dagan_jax.audio import io as audio_io  # pylint: disable=import-outside-toplevel
+  from dagan_jax.audio import mel as mel_lib  # pylint: disable=import-outside-toplevel
+  from dagan_jax.audio import pitch, speech_features  # pylint: disable=import-outside-toplevel
+  from dagan_jax.face import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  from dagan_jax.face import pose as pose_lib  # pylint: disable=import-outside-toplevel
+  from dagan_jax.input import media, prepare  # pylint: disable=import-outside-toplevel
+  clips = sorted(glob.glob(os.path.join(common.REPO, "..", "shared", "data",
+                                        "av_mini", "test", "*.mp4")))
+  if not clips:
+    return {"skipped": "no sample clips with sound (../shared/data/av_mini)"}
+  if not mesh_lib.face_available():
+    return {"skipped": 'the face extra is not installed (pip install -e ".[face]")'}
+  clips = clips[: 2 if opts.get("tiny") else 5]
+  mesh = mesh_lib.FaceMesh(batch=16)
+  seconds, frames = 0.0, 0
+  stages: dict[str, float] = {}
+
+  def timed(name, fn):
+    t = time.perf_counter()
+    out = fn()
+    stages[name] = stages.get(name, 0.0) + time.perf_counter() - t
+    return out
+
+  trackers = ["yin"] + (["harvest"] if pitch.harvest_available() else [])
+  for clip in clips:
+    n, fps, hw = media.probe_video(clip)
+    seconds += n / float(fps or 25)
+    frames += n
+    samples = timed("decode speech", lambda: audio_io.read_speech(clip))
+    for tr in trackers:
+      timed(f"Audio2Head rows ({tr})", lambda: speech_features.features_from_samples(
+          samples, tracker=tr))
+    timed("IP_LAP mel", lambda: mel_lib.melspectrogram(audio_io.to_float(samples)))
+    res = timed("face mesh (decode + mesh)", lambda: mesh_lib.mesh_video(clip, mesh))
+    timed("head poses", lambda: pose_lib.head_poses(res.points, hw, res.found))
+    timed(f"whole clip ({trackers[-1]})", lambda: prepare.prepare_clip(
+        clip, fps=fps, mesh=mesh, pitch_tracker=trackers[-1]))
+  out = {"clips": len(clips), "video_seconds": seconds, "frames": frames,
+         "stages": {k: {"s": v, "realtime_x": seconds / v,
+                        "min_per_hour": 60.0 * v / seconds}
+                    for k, v in stages.items()},
+         "mesh_frames_per_s": frames / stages["face mesh (decode + mesh)"]}
+  return out
+
+
 def _classify_inference(scopes: list[str]) -> str:
   path = "/".join(scopes)
   if "ResnetEncoder" in path or "DepthDecoder" in path:
@@ -448,6 +504,8 @@ def run_worker(row: str, opts: dict[str, Any]) -> dict[str, Any]:
   t = time.perf_counter()
   if kind == "peak":
     out.update(_peak_row(opts))
+  elif kind == "speech-prep":
+    out.update(_speech_prep_row(opts))
   else:
     model, batch = parts[1], int(parts[2])
     if len(parts) > 3:
@@ -698,6 +756,21 @@ def markdown_report(report: dict[str, Any]) -> str:
       if r.get("wall_s"):
         lines += [f"| wall time of one call (best) | {r['wall_s']:.3f} | "
                   f"{100 * r['thunk_coverage']:.0f}% covered |"]
+      lines.append("")
+  for r in res:
+    if r.get("kind") == "speech-prep":
+      st = _status(r)
+      if st:
+        lines += [f"**data prepare**: {st}", ""]
+        continue
+      lines += [f"**data prepare** ({r['clips']} av_mini clips, "
+                f"{r['video_seconds']:.1f} s of 25 fps video; face mesh "
+                f"{r['mesh_frames_per_s']:.0f} frames/s)", "",
+                "| stage | s | x real time | min per hour of video |",
+                "|---|---|---|---|"]
+      for name, v in r["stages"].items():
+        lines.append(f"| {name} | {v['s']:.2f} | {v['realtime_x']:.2f} | "
+                     f"{v['min_per_hour']:.1f} |")
       lines.append("")
   errs = [r for r in res if r.get("kind") == "profile" and _status(r)]
   for r in errs:

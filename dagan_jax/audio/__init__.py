@@ -9,4 +9,8 @@
 * :mod:`.mel`: IP_LAP's (Wav2Lip's) 80-band log-mel spectrogram and its
   16-step chunk per video frame.
 * :mod:`.align`: which audio rows belong to which video frame, at any fps.
+* :mod:`.sources`: where a clip's sound is (sidecar or own stream) and
+  whether its length fits the picture.
+* :mod:`.sync`: a clip's audio-visual offset, mouth opening against
+  speech energy.
 """

@@ -56,3 +56,37 @@ def test_clips_without_usable_sound_are_named(shared_dir, tmp_path, capsys):
   assert "p4#corrupt.mp4: " in out and "p4#corrupt.wav: cannot open" in out
   assert "p2#sidecar" not in out.split("bad files")[1]  # a good sidecar
   assert "train: 2 clips" in out and "3 bad" in out  # sidecars are not clips
+
+
+def test_sound_shifted_by_ten_frames_is_flagged(shared_dir, tmp_path, capsys):
+  import pytest
+  from dagan_jax.audio import io as audio_io
+  from dagan_jax.face import mesh
+  if not mesh.face_available():
+    pytest.skip("the face extra is not installed")
+  root = tmp_path / "data"
+  train = root / "train"
+  train.mkdir(parents=True)
+  clip = shared_dir / "data" / "av_mini" / "train" / "st_reagan#clip1.mp4"
+  shutil.copy(clip, train / "p1#in_sync.mp4")
+  shutil.copy(clip, train / "p2#late.mp4")
+  # The late copy's sound, as a sidecar (which wins over the mp4's own),
+  # starts 10 frames (400 ms) after the picture.
+  samples = audio_io.read_speech(clip)
+  late = np.concatenate([np.zeros(6400, np.int16), samples[:-6400]])
+  with wave.open(str(train / "p2#late.wav"), "wb") as w:
+    w.setnchannels(1)
+    w.setsampwidth(2)
+    w.setframerate(16000)
+    w.writeframes(late.astype("<i2").tobytes())
+  rc = cli.main(["data", "check", "--root", str(root), "--layout", "vox",
+                 "--split", "train", "--audio", "--num-sample-frames", "1",
+                 "--cache-dir", str(tmp_path / "c")])
+  out = capsys.readouterr().out
+  assert rc == 1, out
+  bad = out.split("bad files")[1]
+  assert "p2#late.mp4: sound and picture out of sync" in bad
+  assert "p1#in_sync" not in bad
+  lines = {ln.split(":")[0].strip(): ln for ln in out.splitlines() if ln.startswith("      p")}
+  offsets = {k: int(v.split(": ")[1].split(" ")[0]) for k, v in lines.items()}
+  assert abs(offsets["p1#in_sync.mp4"]) <= 2 and abs(offsets["p2#late.mp4"] - 10) <= 1, out
