@@ -138,6 +138,9 @@ class PrepareReport:
   prepared: list[str] = dataclasses.field(default_factory=list)
   skipped: list[str] = dataclasses.field(default_factory=list)   # already done
   failed: list[tuple[str, str]] = dataclasses.field(default_factory=list)
+  #: clip -> frames without a face (clips with some, prepared anyway: their
+  #: windows carry ``face_found``)
+  faceless: dict[str, int] = dataclasses.field(default_factory=dict)
   frames: int = 0
   seconds: float = 0.0
   audio_seconds: float = 0.0
@@ -155,6 +158,11 @@ class PrepareReport:
                    f"({3600 * self.seconds / self.audio_seconds / 60:.1f} min per "
                    "hour of video); stages: " + ", ".join(
                        f"{k} {v:.1f} s" for k, v in sorted(self.stage_seconds.items())))
+    if self.faceless:
+      worst = sorted(self.faceless.items(), key=lambda kv: -kv[1])[:10]
+      lines.append(f"  {len(self.faceless)} clip(s) have frames without a face: "
+                   + ", ".join(f"{k} ({v})" for k, v in worst)
+                   + (" ..." if len(self.faceless) > 10 else ""))
     for name, why in self.failed:
       lines.append(f"  FAILED {name}: {why}")
     return "\n".join(lines)
@@ -338,6 +346,8 @@ def prepare_dataset(root: str | os.PathLike, out: str | os.PathLike, *,
           "frames_with_several_faces": int((arrays["num_faces"] > 1).sum())}
       _write_manifest(out, manifest)
       report.prepared.append(key)
+      if (~found).any():
+        report.faceless[key] = int((~found).sum())
       report.frames += int(arrays["num_frames"])
       report.audio_seconds += int(arrays["num_frames"]) / float(arrays["fps"])
       if bar:
