@@ -32,6 +32,12 @@ Intermediates sown (names of the parity fixture): ``enc_out``,
 (rows 0, s, 2s, ... of the attention matrix, ``s = attention_rows_stride``),
 ``bottleneck_out``, ``up_out``; the dense motion network's under
 ``dense_motion_network``.
+
+:class:`OcclusionAwareGenerator` is FOMM's generator (Siarohin et al.,
+NeurIPS 2019, Sec. 3.2-3.3), the renderer Audio2Head ships: the same
+encoder, dense motion, warp, occlusion and ResBlock decoder as
+:class:`DepthAwareGenerator`, without the depth encoder and the attention.
+The three share those stages through :class:`_OcclusionAwareBase`.
 """
 
 from __future__ import annotations
@@ -112,7 +118,97 @@ def _channels(block_expansion: int, max_features: int, i: int) -> int:
   return min(max_features, block_expansion * (2 ** i))
 
 
-class _DepthAwareBase(nn.Module):
+class _OcclusionAwareBase(nn.Module):
+  """FOMM's generator stages, shared by FOMM's and DaGAN's generators
+  (official constructor arguments as fields).
+
+  * :meth:`setup_encoder`: ``first`` (7x7 SameBlock2d), ``down_blocks_i``
+    and, with ``dense_motion_params``, ``dense_motion_network``;
+  * :meth:`setup_resblock_decoder`: ``bottleneck_r{i}``, ``up_blocks_i``,
+    ``final`` (7x7 conv, padding 3);
+  * :meth:`encode` (sows ``enc_out``), :meth:`warp` (dense motion, the
+    features pulled by the deformation and masked by the occlusion map, the
+    deformed source image), :meth:`decode_resblocks` (sows
+    ``bottleneck_out``, ``up_out``; returns the sigmoid prediction).
+  """
+  num_channels: int
+  num_kp: int
+  block_expansion: int
+  max_features: int
+  num_down_blocks: int
+  num_bottleneck_blocks: int
+  estimate_occlusion_map: bool = False
+  dense_motion_params: Any = None
+  estimate_jacobian: bool = False
+
+  def setup_encoder(self) -> None:
+    be, mf, nd = self.block_expansion, self.max_features, self.num_down_blocks
+    self.first = SameBlock2d(be, 7, 3)
+    self.down_blocks = [DownBlock2d(_channels(be, mf, i + 1), 3, 1)
+                        for i in range(nd)]
+    if self.dense_motion_params is not None:
+      self.dense_motion_network = DenseMotionNetwork(
+          num_kp=self.num_kp, num_channels=self.num_channels,
+          estimate_occlusion_map=self.estimate_occlusion_map,
+          **dict(self.dense_motion_params))
+
+  def setup_resblock_decoder(self) -> None:
+    be, mf, nd = self.block_expansion, self.max_features, self.num_down_blocks
+    for i in range(self.num_bottleneck_blocks):
+      setattr(self, f"bottleneck_r{i}", ResBlock2d(3, 1))
+    self.up_blocks = [UpBlock2d(_channels(be, mf, nd - i - 1), 3, 1)
+                      for i in range(nd)]
+    self.final = Conv2d(self.num_channels, 7, padding=3)
+
+  def encode(self, source_image: Array) -> Array:
+    """``first`` then the down-blocks (sown as ``enc_out``)."""
+    out = self.first(source_image)
+    for block in self.down_blocks:
+      out = block(out)
+    self.sow("intermediates", "enc_out", out)
+    return out
+
+  def warp(self, out: Array, source_image: Array, kp_driving: KP,
+           kp_source: KP) -> tuple[Array, dict[str, Array], Array | None]:
+    """Dense motion, then the encoded features ``out`` pulled by the
+    deformation (resized to them when the sizes differ) and multiplied by
+    the occlusion map (resized bilinearly likewise).
+
+    Returns ``(features, output dict, occlusion map at the features' size
+    or None)``; without ``dense_motion_params`` the features pass unchanged
+    and the dict is empty.
+    """
+    output: dict[str, Array] = {}
+    if self.dense_motion_params is None:
+      return out, output, None
+    dense = self.dense_motion_network(source_image, kp_driving, kp_source)
+    output["mask"] = dense["mask"]
+    output["sparse_deformed"] = dense["sparse_deformed"]
+    deformation = dense["deformation"]
+    output["deformation"] = deformation
+    out = deform_input(out, deformation)
+    occlusion_map = None
+    if "occlusion_map" in dense:
+      occlusion_map = dense["occlusion_map"]
+      output["occlusion_map"] = occlusion_map
+      if occlusion_map.shape[1:3] != out.shape[1:3]:
+        occlusion_map = ops.resize_bilinear(occlusion_map, out.shape[1:3])
+      out = out * occlusion_map
+    output["deformed"] = deform_input(source_image, deformation)
+    return out, output, occlusion_map
+
+  def decode_resblocks(self, out: Array) -> Array:
+    """Bottleneck ResBlocks, up-blocks, ``final`` and a sigmoid."""
+    for i in range(self.num_bottleneck_blocks):
+      out = getattr(self, f"bottleneck_r{i}")(out)
+    self.sow("intermediates", "bottleneck_out", out)
+    for block in self.up_blocks:
+      out = block(out)
+    self.sow("intermediates", "up_out", out)
+    return jax.nn.sigmoid(self.final(out))
+
+
+class _DepthAwareBase(_OcclusionAwareBase):
   """Encoder + dense motion + depth-aware attention shared by both DaGAN
   generators (official constructor arguments as fields).
 
@@ -126,32 +222,16 @@ class _DepthAwareBase(nn.Module):
     source_depth=None, driving_depth=None)`` -> the output dict;
   * ``__call__`` = ``decode(encode_source(...), ...)``.
   """
-  num_channels: int
-  num_kp: int
-  block_expansion: int
-  max_features: int
-  num_down_blocks: int
-  num_bottleneck_blocks: int
-  estimate_occlusion_map: bool = False
-  dense_motion_params: Any = None
-  estimate_jacobian: bool = False
   attention_fn: AttentionFn | None = None
   attention_implementation: str = "auto"
   attention_rows_stride: int = 128
 
   def setup(self):
     be, mf, nd = self.block_expansion, self.max_features, self.num_down_blocks
-    self.first = SameBlock2d(be, 7, 3)
-    self.down_blocks = [DownBlock2d(_channels(be, mf, i + 1), 3, 1)
-                        for i in range(nd)]
+    self.setup_encoder()
     self.src_first = SameBlock2d(be, 7, 3)
     self.src_down_blocks = [DownBlock2d(_channels(be, mf, i + 1), 3, 1)
                             for i in range(nd)]
-    if self.dense_motion_params is not None:
-      self.dense_motion_network = DenseMotionNetwork(
-          num_kp=self.num_kp, num_channels=self.num_channels,
-          estimate_occlusion_map=self.estimate_occlusion_map,
-          **dict(self.dense_motion_params))
     self.AttnModule = DepthAwareAttention(
         _channels(be, mf, nd), attention_fn=self.attention_fn,
         attention_implementation=self.attention_implementation,
@@ -170,10 +250,7 @@ class _DepthAwareBase(nn.Module):
   def encode_source(self, source_image: Array, source_depth: Array
                     ) -> dict[str, Array]:
     """Appearance and source-depth encodings (no driving input needed)."""
-    out = self.first(source_image)
-    for block in self.down_blocks:
-      out = block(out)
-    self.sow("intermediates", "enc_out", out)
+    out = self.encode(source_image)
     src = self.src_first(source_depth)
     for block in self.src_down_blocks:
       src = block(src)
@@ -187,25 +264,12 @@ class _DepthAwareBase(nn.Module):
     keypoints, given :meth:`encode_source` 's features."""
     del source_depth, driving_depth  # encoded already / unused (official)
     out, src = features["enc_out"], features["src_depth_enc_out"]
-    output: dict[str, Array] = {}
-    occlusion_map = None
+    out, output, occlusion_map = self.warp(out, source_image, kp_driving,
+                                           kp_source)
     if self.dense_motion_params is not None:
-      dense = self.dense_motion_network(source_image, kp_driving, kp_source)
-      output["mask"] = dense["mask"]
-      output["sparse_deformed"] = dense["sparse_deformed"]
-      deformation = dense["deformation"]
-      output["deformation"] = deformation
-      out = deform_input(out, deformation)
-      if "occlusion_map" in dense:
-        occlusion_map = dense["occlusion_map"]
-        output["occlusion_map"] = occlusion_map
-        if occlusion_map.shape[1:3] != out.shape[1:3]:
-          occlusion_map = ops.resize_bilinear(occlusion_map, out.shape[1:3])
-        out = out * occlusion_map
       self.sow("intermediates", "attn_in_warped", out)
       out = self.AttnModule(src, out)
       self.sow("intermediates", "attn_out", out)
-      output["deformed"] = deform_input(source_image, deformation)
     output["prediction"] = self.decode_features(out, output, occlusion_map,
                                                 source_image)
     return output
@@ -231,22 +295,62 @@ class DepthAwareGenerator(_DepthAwareBase):
   """
 
   def setup_decoder(self) -> None:
-    be, mf, nd = self.block_expansion, self.max_features, self.num_down_blocks
-    for i in range(self.num_bottleneck_blocks):
-      setattr(self, f"bottleneck_r{i}", ResBlock2d(3, 1))
-    self.up_blocks = [UpBlock2d(_channels(be, mf, nd - i - 1), 3, 1)
-                      for i in range(nd)]
-    self.final = Conv2d(self.num_channels, 7, padding=3)
+    self.setup_resblock_decoder()
 
   def decode_features(self, out, output, occlusion_map, source_image):
     del output, occlusion_map, source_image
-    for i in range(self.num_bottleneck_blocks):
-      out = getattr(self, f"bottleneck_r{i}")(out)
-    self.sow("intermediates", "bottleneck_out", out)
-    for block in self.up_blocks:
-      out = block(out)
-    self.sow("intermediates", "up_out", out)
-    return jax.nn.sigmoid(self.final(out))
+    return self.decode_resblocks(out)
+
+
+class OcclusionAwareGenerator(_OcclusionAwareBase):
+  """FOMM's ``OcclusionAwareGenerator`` as Audio2Head ships it (official
+  constructor arguments; config ``generator_params`` + ``common_params``).
+
+  Encoder (``first``, ``down_blocks_i``), ``dense_motion_network`` (FOMM's,
+  :class:`DenseMotionNetwork`), the encoded features pulled by the
+  deformation and masked by the occlusion map, then ``bottleneck_r{i}``,
+  ``up_blocks_i``, ``final`` and a sigmoid. No depth anywhere.
+
+  ``__call__(source_image, kp_driving, kp_source)`` -> ``mask``,
+  ``sparse_deformed``, ``deformation``, ``occlusion_map``, ``deformed``,
+  ``prediction`` (NHWC, as :class:`DepthAwareGenerator`'s; the first five
+  only with ``dense_motion_params``). The official ``forward`` encodes the
+  source on every call; ``encode_source(source_image)`` -> ``{'enc_out'}``
+  and ``decode(features, source_image, kp_driving, kp_source)`` split it so
+  that a video encodes its source once. Every entry point also accepts
+  (and ignores) ``source_depth`` / ``driving_depth``, so DaGAN's animation
+  code can drive it unchanged; ``attention_implementation`` is accepted for
+  :func:`dagan_jax.models.build.build_models`, which passes it to every
+  generator (this one has no attention).
+  """
+  attention_implementation: str = "auto"
+
+  def setup(self):
+    self.setup_encoder()
+    self.setup_resblock_decoder()
+
+  def encode_source(self, source_image: Array,
+                    source_depth: Array | None = None) -> dict[str, Array]:
+    """The encoded source (independent of the driving keypoints)."""
+    del source_depth
+    return {"enc_out": self.encode(source_image)}
+
+  def decode(self, features: dict[str, Array], source_image: Array,
+             kp_driving: KP, kp_source: KP, source_depth: Array | None = None,
+             driving_depth: Array | None = None) -> dict[str, Array]:
+    """The output dict from :meth:`encode_source` 's features."""
+    del source_depth, driving_depth
+    out, output, _ = self.warp(features["enc_out"], source_image, kp_driving,
+                               kp_source)
+    output["prediction"] = self.decode_resblocks(out)
+    return output
+
+  def __call__(self, source_image: Array, kp_driving: KP, kp_source: KP,
+               source_depth: Array | None = None,
+               driving_depth: Array | None = None) -> dict[str, Array]:
+    del source_depth, driving_depth
+    return self.decode(self.encode_source(source_image), source_image,
+                       kp_driving, kp_source)
 
 
 # --------------------------------------------------------------------------
@@ -372,4 +476,5 @@ class SPADEDepthAwareGenerator(_DepthAwareBase):
 
 
 GENERATORS = {"DepthAwareGenerator": DepthAwareGenerator,
-              "SPADEDepthAwareGenerator": SPADEDepthAwareGenerator}
+              "SPADEDepthAwareGenerator": SPADEDepthAwareGenerator,
+              "OcclusionAwareGenerator": OcclusionAwareGenerator}
