@@ -372,7 +372,7 @@ def _speech_prep_row(opts: dict[str, Any]) -> dict[str, Any]:
   from dagan_jax.audio import pitch, speech_features  # pylint: disable=import-outside-toplevel
   from dagan_jax.face import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
   from dagan_jax.face import pose as pose_lib  # pylint: disable=import-outside-toplevel
-  from dagan_jax.input import media, prepare  # pylint: disable=import-outside-toplevel
+  from dagan_jax.input import clip_faces, media, prepare  # pylint: disable=import-outside-toplevel
   clips = sorted(glob.glob(os.path.join(common.REPO, "..", "shared", "data",
                                         "av_mini", "test", "*.mp4")))
   if not clips:
@@ -400,7 +400,7 @@ def _speech_prep_row(opts: dict[str, Any]) -> dict[str, Any]:
       timed(f"Audio2Head rows ({tr})", lambda: speech_features.features_from_samples(
           samples, tracker=tr))
     timed("IP_LAP mel", lambda: mel_lib.melspectrogram(audio_io.to_float(samples)))
-    res = timed("face mesh (decode + mesh)", lambda: mesh_lib.mesh_video(clip, mesh))
+    res = timed("face mesh (decode + mesh)", lambda: clip_faces.mesh_clip(clip, mesh))
     timed("head poses", lambda: pose_lib.head_poses(res.points, hw, res.found))
     timed(f"whole clip ({trackers[-1]})", lambda: prepare.prepare_clip(
         clip, fps=fps, mesh=mesh, pitch_tracker=trackers[-1]))

@@ -7,10 +7,12 @@ same key names, plus a few keys that the official code took from command-line
 flags (``--generator``, ``--kp_num``, ``--rgbd``) or hard-coded:
 
 ``model_params.model``
-    ``'dagan'`` (CVPR 2022) or ``'daganpp'`` (TPAMI 2023).
+    ``'dagan'`` (CVPR 2022), ``'daganpp'`` (TPAMI 2023), or ``'fomm'`` (the
+    first-order model without depth: Audio2Head's renderer).
 ``model_params.generator_type``
-    ``'DepthAwareGenerator'`` or ``'SPADEDepthAwareGenerator'`` (DaGAN), or
-    ``'GeometryEnhancedGenerator'`` (DaGAN++).
+    ``'DepthAwareGenerator'`` or ``'SPADEDepthAwareGenerator'`` (DaGAN),
+    ``'GeometryEnhancedGenerator'`` (DaGAN++), ``'OcclusionAwareGenerator'``
+    (FOMM).
 ``model_params.kp_detector_params.use_depth``
     The keypoint detector sees RGB + depth (4 channels; official ``--rgbd``).
 ``model_params.depth_params``
@@ -40,6 +42,7 @@ from dagan_jax.errors import ConfigError
 GENERATOR_TYPES = {
     "dagan": ("DepthAwareGenerator", "SPADEDepthAwareGenerator"),
     "daganpp": ("GeometryEnhancedGenerator",),
+    "fomm": ("OcclusionAwareGenerator",),
 }
 
 
@@ -143,6 +146,42 @@ def extra_defaults() -> dict[str, Any]:
                            "uncertainty": False},
       },
   }
+
+
+def audio2head_params() -> dict[str, Any]:
+  """``audio2head_params``: Audio2Head's speech networks and how speech is read.
+
+  ``audio2kp``: the official ``config/parameters.yaml`` (AudioModel3D);
+  ``seq_len`` frames per window, windows overlap by half
+  (:mod:`dagan_jax.models.audio2kp`). audio2pose has fixed sizes.
+  ``pitch_tracker``: Audio2Head's features use WORLD's Harvest; a model
+  records the tracker it was trained with ('harvest' or 'yin',
+  :mod:`dagan_jax.audio.pitch`) and speech is read with the same one.
+  ``fps``: frames per second of the video made (4 feature rows per frame at
+  25, as the official code).
+  """
+  return {
+      "audio2kp": {"block_expansion": 32, "max_features": 512, "num_blocks": 5,
+                   "num_kp": 10, "num_w": 2, "seq": True, "seq_len": 64,
+                   "estimate_jacobian": True},
+      "pitch_tracker": "harvest",
+      "fps": 25,
+  }
+
+
+def audio2head_config() -> dict[str, Any]:
+  """The released Audio2Head: its speech networks and FOMM renderer
+  (``config/vox-256.yaml``: 10 keypoints, no depth), a plain dict."""
+  d = vox_adv_256()
+  mp = d["model_params"]
+  mp["model"] = "fomm"
+  mp["generator_type"] = "OcclusionAwareGenerator"
+  mp["common_params"]["num_kp"] = 10
+  mp["kp_detector_params"]["use_depth"] = False
+  mp["discriminator_params"] = {"scales": [1], "block_expansion": 32,
+                                "max_features": 512, "num_blocks": 4, "sn": True}
+  d["audio2head_params"] = audio2head_params()
+  return d
 
 
 def talking_head_train_params() -> dict[str, Any]:

@@ -3,7 +3,8 @@
 A clip whose sound is shifted against its picture (a bad cut, a wrong
 container delay, audio re-encoded with its priming samples kept) teaches a
 speech-driven model the wrong mouth for every sound. ``dagan-jax data check
---audio`` estimates each clip's offset with :func:`clip_offset` and names
+--audio`` estimates each clip's offset
+(:func:`dagan_jax.input.clip_faces.clip_offset`) and names
 the clips for which :func:`offset_problem` finds it large.
 
 The estimate is the lag that best lines up two per-frame signals:
@@ -43,7 +44,6 @@ from __future__ import annotations
 
 import fractions
 import math
-import os
 from typing import NamedTuple
 
 import numpy as np
@@ -295,39 +295,6 @@ def estimate_offset(openness: np.ndarray, energy: np.ndarray,
   confidence = max(0.0, (scores[best] - float(np.median(others))) / spread)
   return SyncEstimate(int(lags[best]), float(confidence), lags, scores,
                       float(fps))
-
-
-def clip_offset(clip_path: str | os.PathLike, mesh=None, *,
-                max_lag: int = MAX_LAG,
-                points: np.ndarray | None = None) -> SyncEstimate:
-  """The audio-visual offset of a clip (any clip kind of
-  :mod:`dagan_jax.input.media` with sound, :func:`~dagan_jax.audio.sources.
-  audio_source`: its sidecar ``.wav`` or its own audio stream).
-
-  ``mesh``: the :class:`~dagan_jax.face.mesh.FaceMesh` to run (a new one
-  when None); ``points``: the clip's mesh points when already computed
-  (then nothing is meshed). Frames are counted at the clip's frame rate
-  (25 fps when it has none).
-
-  Raises:
-    DataError: naming the clip when it has no sound, or its sound file
-      when that cannot be read.
-  """
-  from dagan_jax.input import media  # pylint: disable=import-outside-toplevel
-  source = sources.audio_source(clip_path)
-  if source is None:
-    raise DataError(f"{clip_path}: no sound to check the lips against (no "
-                    f"audio stream and no sidecar "
-                    f"{os.path.basename(sources.sidecar_path(clip_path))})")
-  _, fps, _ = media.probe_video(clip_path)
-  fps = float(fps or sources.DEFAULT_FPS)
-  if points is None:
-    from dagan_jax.face import mesh as face_mesh  # pylint: disable=import-outside-toplevel
-    points = face_mesh.mesh_video(clip_path, mesh).points
-  samples = audio_io.read_speech(source, min_seconds=1.0 / fps)
-  openness = mouth_openness(points)
-  energy = speech_energy(samples, openness.size, fps)
-  return estimate_offset(openness, energy, max_lag, fps=fps)
 
 
 def offset_problem(estimate: SyncEstimate,

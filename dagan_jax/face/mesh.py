@@ -343,15 +343,16 @@ class FaceMesh:
     return MeshResult(points, found, boxes, num_faces, presence)
 
 
-def mesh_video(path, mesh: FaceMesh | None = None, *,
-               progress: Callable[[int], None] | None = None) -> MeshResult:
-  """The mesh of every frame of a clip (any clip kind of
-  :mod:`dagan_jax.input.media`), read and meshed ``mesh.batch`` frames at a
-  time; ``progress(n)`` is called with the frames done after each batch."""
-  from dagan_jax.input import media  # pylint: disable=import-outside-toplevel
+def mesh_frames(frames: Iterable[np.ndarray], mesh: FaceMesh | None = None, *,
+                progress: Callable[[int], None] | None = None,
+                where: str = "frames") -> MeshResult:
+  """The mesh of a stream of (H, W, 3) frames (e.g. a clip decoded frame by
+  frame), run ``mesh.batch`` frames at a time, so a long clip is never held
+  whole; ``progress(n)`` is called with the frames done after each batch.
+  Raises :class:`DataError` naming ``where`` when there are no frames."""
   mesh = mesh or FaceMesh()
   parts, buf = [], []
-  for _, frame in media.iter_native_frames(path):
+  for frame in frames:
     buf.append(frame)
     if len(buf) == mesh.batch:
       parts.append(mesh(np.stack(buf)))
@@ -363,5 +364,5 @@ def mesh_video(path, mesh: FaceMesh | None = None, *,
     if progress:
       progress(len(buf))
   if not parts:
-    raise DataError(f"{path}: no frames to mesh")
+    raise DataError(f"{where}: no frames to mesh")
   return concat_results(parts)

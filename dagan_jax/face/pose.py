@@ -11,7 +11,7 @@ H``), so a pose does not depend on the resolution of the clip.
 
 The canonical head (``TEMPLATE``, 468 x 3, shipped as
 ``dagan_jax/face/data/head_template.npy``) is built from our own clips by
-:mod:`dagan_jax.face.template`: the mean mesh after removing each frame's
+:mod:`dagan_jax.input.head_template`: the mean mesh after removing each frame's
 similarity, turned to face the camera (x from the right eye's outer corner
 to the left's, y from forehead to chin), centred on its centroid and scaled
 so that the face is 140 units wide between the cheeks (points 234 and 454;
@@ -51,7 +51,7 @@ def template() -> np.ndarray:
   """The canonical head, (468, 3) float64 (see the module docstring)."""
   if not os.path.isfile(TEMPLATE_FILE):
     raise DataError(f"head template {TEMPLATE_FILE} is missing from the "
-                    "package; rebuild it with python -m dagan_jax.face.template")
+                    "package; rebuild it with python -m dagan_jax.input.head_template")
   return np.load(TEMPLATE_FILE).astype(np.float64)
 
 

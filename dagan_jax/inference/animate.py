@@ -329,13 +329,12 @@ class Animator:
     mismatched variable.
     """
     from dagan_jax import checkpoints  # pylint: disable=import-outside-toplevel
-    from dagan_jax.training.talking_head import resolve_model_dir  # pylint: disable=import-outside-toplevel
 
     p = pathlib.Path(path).expanduser()
     if not p.exists():
       raise DataError(f"checkpoint {p} does not exist (expected a model "
                       "directory or a training workdir)")
-    config, variables = checkpoints.load_model(resolve_model_dir(p), config)
+    config, variables = checkpoints.load_model(checkpoints.resolve_model_dir(p), config)
     return cls(config, variables, **kwargs)
 
   # ------------------------------------------------------------------ shapes

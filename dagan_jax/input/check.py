@@ -180,6 +180,7 @@ def check_dataset(root: str | os.PathLike, layout: str = "vox", *,
       if not audio:
         return None
       from dagan_jax.audio import sources, sync  # pylint: disable=import-outside-toplevel
+      from dagan_jax.input import clip_faces  # pylint: disable=import-outside-toplevel
       err = sources.check_clip_audio(sel.path(cid), clip.num_frames, clip.fps)
       if err or not sync_ok:
         return err
@@ -187,7 +188,7 @@ def check_dataset(root: str | os.PathLike, layout: str = "vox", *,
         from dagan_jax.face import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
         meshes.mesh = mesh_lib.FaceMesh()
       try:
-        est = sync.clip_offset(sel.path(cid), meshes.mesh)
+        est = clip_faces.clip_offset(sel.path(cid), meshes.mesh)
       except DataError as e:
         return str(e)
       sr.offsets[clip.name] = (int(est.offset), float(est.confidence))

@@ -193,7 +193,7 @@ def prepare_clip(path: str, *, fps: float | None, mesh, pitch_tracker: str,
   from dagan_jax.audio import sources  # pylint: disable=import-outside-toplevel
   from dagan_jax.audio import speech_features  # pylint: disable=import-outside-toplevel
   from dagan_jax.face import crop, pose  # pylint: disable=import-outside-toplevel
-  from dagan_jax.face import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
+  from dagan_jax.input import clip_faces  # pylint: disable=import-outside-toplevel
   clock = clock or (lambda stage: _nullspan())
   src = sources.audio_source(path)
   if src is None:
@@ -205,7 +205,7 @@ def prepare_clip(path: str, *, fps: float | None, mesh, pitch_tracker: str,
                                                     where=src)
     mel = mel_lib.melspectrogram(audio_io.to_float(samples))
   with clock("mesh"):
-    res = mesh_lib.mesh_video(path, mesh)
+    res = clip_faces.mesh_clip(path, mesh)
   if not res.found.any():
     raise DataError(f"{path}: no face in any of its {len(res.found)} frames")
   hw = _frame_hw(path)
@@ -261,6 +261,49 @@ def _keypoints(path: str, box, animator, chunk: int = 64) -> dict[str, np.ndarra
           "jacobian": np.concatenate(jacs).astype(np.float32)}
 
 
+class KeypointModel:
+  """A DaGAN / DaGAN++ model directory's keypoint detector (with its depth
+  network when it has one) on batches of frames, as animation computes the
+  driving keypoints: one compiled function, inference rewrites on."""
+
+  def __init__(self, model_dir: str, batch: int = 16):
+    from dagan_jax import checkpoints, compute  # pylint: disable=import-outside-toplevel
+    from dagan_jax.models import build  # pylint: disable=import-outside-toplevel
+    self.config, self.variables = checkpoints.load_model(
+        model_dir, required=("kp_detector",))
+    models = build.build_models(self.config)
+    self.frame_shape = tuple(models.frame_shape)
+    self.batch = batch
+    with_depth = models.use_depth
+
+    def run(variables, frames):
+      disp = build.depth_fn(models, variables, frames) if with_depth else None
+      kp = build.keypoints_fn(models, variables, frames, disp)
+      return {"value": kp["value"], "jacobian": kp["jacobian"]}
+
+    if with_depth and "depth_encoder" not in self.variables:
+      raise ConfigError(f"{model_dir}: its keypoint detector sees depth but the "
+                        "directory has no depth network")
+    self._fn = compute.jit(run, kernels=str(self.config["compute"]["kernels"]),
+                           inference=True)
+
+  def keypoints(self, frames: np.ndarray) -> dict[str, np.ndarray]:
+    """``{'value': (T, K, 2), 'jacobian': (T, K, 2, 2)}`` of (T, H, W, 3)
+    frames in [0, 1] at the model's frame size (padded to whole batches, so
+    every call runs the same program)."""
+    import jax  # pylint: disable=import-outside-toplevel
+    out = {"value": [], "jacobian": []}
+    for i in range(0, len(frames), self.batch):
+      chunk = frames[i:i + self.batch]
+      n = len(chunk)
+      if n < self.batch:
+        chunk = np.concatenate([chunk, np.repeat(chunk[-1:], self.batch - n, 0)])
+      kp = jax.device_get(self._fn(self.variables, chunk))
+      for k in out:
+        out[k].append(np.asarray(kp[k][:n]))
+    return {k: np.concatenate(v) for k, v in out.items()}
+
+
 def _up_to_date(file: pathlib.Path, stat: tuple[int, int], tools: dict) -> bool:
   if not file.is_file():
     return False
@@ -285,10 +328,7 @@ def prepare_dataset(root: str | os.PathLike, out: str | os.PathLike, *,
   splits = tuple(splits or clips_lib.DEFAULT_SPLITS[layout])
   out = pathlib.Path(out)
   mesh = mesh_lib.FaceMesh(batch=batch)
-  animator = None
-  if model_dir is not None:
-    from dagan_jax.inference.animate import Animator  # pylint: disable=import-outside-toplevel
-    animator = Animator.from_checkpoint(model_dir)
+  animator = KeypointModel(model_dir) if model_dir is not None else None
   tools = tools_record(pitch.tracker_name(pitch_tracker), mesh.fingerprint,
                        model_dir, animator.config if animator else None)
   manifest = read_manifest(out, required=False) or {"format": FORMAT, "clips": {}}

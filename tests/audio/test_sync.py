@@ -15,6 +15,7 @@ import pytest
 from dagan_jax.audio import align, sync
 from dagan_jax.audio import io as audio_io
 from dagan_jax.face import mesh as face_mesh
+from dagan_jax.input import clip_faces
 
 needs_mesh = pytest.mark.skipif(not face_mesh.face_available(),
                                 reason="the face mesh needs ai-edge-litert")
@@ -59,7 +60,7 @@ def face():
 @pytest.fixture(scope="module")
 def meshed(av_mini, face):
   """Mesh points of every clip of CLIPS, meshed once for the module."""
-  return {c: face_mesh.mesh_video(av_mini / c, face).points for c in CLIPS}
+  return {c: clip_faces.mesh_clip(av_mini / c, face).points for c in CLIPS}
 
 
 def _copy_with_sidecar(av_mini, clip, tmp_path, samples):
@@ -77,7 +78,7 @@ def _copy_with_sidecar(av_mini, clip, tmp_path, samples):
 @needs_mesh
 @pytest.mark.parametrize("clip", CLIPS)
 def test_real_clips_are_in_sync(av_mini, meshed, clip):
-  est = sync.clip_offset(av_mini / clip, points=meshed[clip])
+  est = clip_faces.clip_offset(av_mini / clip, points=meshed[clip])
   assert abs(est.offset) <= 2, est
   assert est.confidence >= sync.MIN_CONFIDENCE, est
   assert sync.offset_problem(est) is None
@@ -87,8 +88,8 @@ def test_real_clips_are_in_sync(av_mini, meshed, clip):
 @needs_mesh
 def test_clip_offset_meshes_the_clip_itself(av_mini, meshed, face):
   clip = CLIPS[2]
-  got = sync.clip_offset(av_mini / clip, face)
-  want = sync.clip_offset(av_mini / clip, points=meshed[clip])
+  got = clip_faces.clip_offset(av_mini / clip, face)
+  want = clip_faces.clip_offset(av_mini / clip, points=meshed[clip])
   assert got.offset == want.offset
   np.testing.assert_allclose(got.scores, want.scores, atol=1e-9)
 
@@ -100,7 +101,7 @@ def test_sound_shifted_ten_frames_is_found_and_flagged(av_mini, meshed,
   clip = CLIPS[0]
   samples = audio_io.read_speech(av_mini / clip)
   copy = _copy_with_sidecar(av_mini, clip, tmp_path, _delayed(samples, shift))
-  est = sync.clip_offset(copy, points=meshed[clip])
+  est = clip_faces.clip_offset(copy, points=meshed[clip])
   assert abs(est.offset - shift) <= 1, est
   assert est.confidence >= sync.MIN_CONFIDENCE, est
   problem = sync.offset_problem(est)
@@ -115,7 +116,7 @@ def test_silence_is_not_confident(av_mini, meshed, tmp_path):
   clip = CLIPS[0]
   n = audio_io.read_speech(av_mini / clip).size
   copy = _copy_with_sidecar(av_mini, clip, tmp_path, np.zeros(n, np.int16))
-  est = sync.clip_offset(copy, points=meshed[clip])
+  est = clip_faces.clip_offset(copy, points=meshed[clip])
   assert est.confidence == 0.0 and est.offset == 0
   assert sync.offset_problem(est) is None
 
@@ -140,7 +141,7 @@ def test_frames_without_a_face_are_not_confident(av_mini, face, tmp_path):
   clip = media.write_video(tmp_path / "p#noface.mp4", frames)
   speech = audio_io.read_speech(av_mini / CLIPS[0])[:100 * FRAME_SAMPLES]
   _write_wav(tmp_path / "p#noface.wav", speech)
-  est = sync.clip_offset(clip, face)
+  est = clip_faces.clip_offset(clip, face)
   assert est.confidence == 0.0 and est.offset == 0
   assert np.isnan(est.scores).all()
   assert sync.offset_problem(est) is None
@@ -153,10 +154,10 @@ def test_clip_without_sound_is_a_data_error(tmp_path):
                            np.zeros((5, 32, 32, 3), np.uint8))
   # A video without an audio stream, and a frame folder without a sidecar.
   with pytest.raises(DataError, match="p#mute.mp4: no audio stream"):
-    sync.clip_offset(clip, points=np.zeros((5, 468, 3)))
+    clip_faces.clip_offset(clip, points=np.zeros((5, 468, 3)))
   folder = media.write_video(tmp_path / "p#frames", np.zeros((5, 32, 32, 3), np.uint8))
   with pytest.raises(DataError, match="p#frames: no sound .* p#frames.wav"):
-    sync.clip_offset(folder, points=np.zeros((5, 468, 3)))
+    clip_faces.clip_offset(folder, points=np.zeros((5, 468, 3)))
 
 
 # -- the signals ------------------------------------------------------------

@@ -109,10 +109,11 @@ def test_bad_frames_are_named():
     M.FaceMesh(batch=2)(np.zeros((2, 64, 64), np.uint8))
 
 
-def test_mesh_video_streams_a_whole_clip(shared_dir):
+def test_mesh_frames_streams_a_whole_clip(shared_dir):
   clip = shared_dir / "data/av_mini/train/grid_s1#bbaf5a.mp4"
   n = media.probe_video(clip)[0]
   seen = []
-  got = M.mesh_video(clip, M.FaceMesh(batch=32), progress=seen.append)
+  frames = (f for _, f in media.iter_native_frames(clip))
+  got = M.mesh_frames(frames, M.FaceMesh(batch=32), progress=seen.append)
   assert got.points.shape == (n, 468, 3) and sum(seen) == n
   assert got.found.all()

@@ -7,7 +7,7 @@ from dagan_jax.errors import DataError
 from dagan_jax.face import crop as C
 from dagan_jax.face import mesh as M
 from dagan_jax.face import pose as P
-from dagan_jax.face import template as T
+from dagan_jax.input import head_template as T
 from dagan_jax.input import media
 
 needs_mesh = pytest.mark.skipif(not M.face_available(), reason="the face extra is not installed")

@@ -20,7 +20,7 @@ from dagan_jax.audio import speech_features
 from dagan_jax.errors import ConfigError
 from dagan_jax.face import crop, pose
 from dagan_jax.face import mesh as mesh_lib
-from dagan_jax.input import av_windows, media, prepare
+from dagan_jax.input import av_windows, clip_faces, media, prepare
 from input_helpers import params_for
 
 sys.path.insert(0, str(pathlib.Path(__file__).parents[1] / "inference"))
@@ -75,7 +75,7 @@ def test_arrays_are_the_clips_own(prepared):
     rows, tracker = speech_features.features_from_file(clip, tracker="yin")
     np.testing.assert_allclose(z["a2h_features"], rows.astype(np.float32))
     np.testing.assert_allclose(z["mel"], mel_lib.mel_from_file(clip).astype(np.float32))
-    res = mesh_lib.mesh_video(clip)
+    res = clip_faces.mesh_clip(clip)
     np.testing.assert_allclose(z["mesh"], res.points, atol=1e-4)
     np.testing.assert_array_equal(z["face_found"], res.found)
     assert z["face_found"].all()

@@ -1,6 +1,6 @@
 """Builds the canonical head of :mod:`dagan_jax.face.pose` from our clips.
 
-``python -m dagan_jax.face.template CLIP_OR_FOLDER... [--every N] [--out F]``
+``python -m dagan_jax.input.head_template CLIP_OR_FOLDER... [--every N] [--out F]``
 
 1. Mesh every N-th frame of every clip (:mod:`dagan_jax.face.mesh`); the
    mesh's (x, y, z) is an orthographic-ish 3D shape in pixels.
@@ -29,6 +29,7 @@ import numpy as np
 
 from dagan_jax.face import mesh as mesh_lib
 from dagan_jax.face import pose as pose_lib
+from dagan_jax.input import media
 
 
 def _normalise(shape: np.ndarray) -> np.ndarray:
@@ -71,7 +72,6 @@ def canonical(mean: np.ndarray) -> np.ndarray:
 
 
 def build(clips: list[str], every: int = 5) -> tuple[np.ndarray, dict]:
-  from dagan_jax.input import media  # pylint: disable=import-outside-toplevel
   mesh = mesh_lib.FaceMesh()
   shapes, used = [], {}
   for clip in clips:
