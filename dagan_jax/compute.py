@@ -2,7 +2,7 @@
 
 Models, losses and training steps are written once, in plain JAX, and call
 this module for the few operations whose fastest form depends on the
-backend: convolutions (:func:`conv2d`), long sums (:func:`block_sum` and
+backend: convolutions (:func:`conv2d`, :func:`conv3d`), long sums (:func:`block_sum` and
 what is built on it) and materialisation points (:func:`materialize`).
 Which kernel set answers is chosen by one config field,
 ``compute.kernels``:
@@ -162,6 +162,14 @@ def conv2d(x: Array, kernel: Array, *, stride: tuple[int, int] = (1, 1),
   return kernel_set().conv2d(x, kernel.astype(x.dtype), stride=tuple(stride),
                              padding=tuple(padding), dilation=tuple(dilation),
                              groups=groups, precision=precision)
+
+
+def conv3d(x: Array, kernel: Array, *, padding: Sequence[int] = (0, 0, 0),
+           precision: Any = None) -> Array:
+  """``F.conv3d`` with stride 1 and no bias: NDHWC input, DHWIO kernel (cast
+  to the input's dtype), symmetric zero padding ``(pd, ph, pw)``."""
+  return kernel_set().conv3d(x, kernel.astype(x.dtype), padding=tuple(padding),
+                             precision=precision)
 
 
 def block_sum(x: Array, start: int, stop: int) -> Array:

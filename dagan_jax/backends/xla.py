@@ -29,6 +29,17 @@ def conv2d(x: Array, kernel: Array, *, stride: tuple[int, int],
       feature_group_count=groups, precision=precision)
 
 
+def conv3d(x: Array, kernel: Array, *, padding: tuple[int, int, int],
+           precision: Any) -> Array:
+  """``lax.conv_general_dilated`` in 3-D: NDHWC input, DHWIO kernel, stride
+  1, symmetric zero padding ``(pd, ph, pw)``, no bias."""
+  pd, ph, pw = padding
+  return jax.lax.conv_general_dilated(
+      x, kernel, window_strides=(1, 1, 1),
+      padding=((pd, pd), (ph, ph), (pw, pw)),
+      dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), precision=precision)
+
+
 def block_sum(x: Array, start: int, stop: int) -> Array:
   """``x.sum`` over the axes ``start, ..., stop - 1``."""
   return x.sum(axis=tuple(range(start, stop)))

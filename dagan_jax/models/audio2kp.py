@@ -36,13 +36,10 @@ Conventions (ours):
   official N C T H W transposed); 3-D kernels are **DHWIO**. Outputs
   ``value`` (B, L, K, 2) as (x, y) in [-1, 1] and ``jacobian`` (B, L, K, 2,
   2) row-major, as the official ``out['value']`` / ``out['jacobian']``.
-* 3-D convolutions: :mod:`dagan_jax.compute` has only the 2-D convolution,
-  so :func:`conv3d` picks its form here from the kernel set in use: the
-  plain ``jax.lax.conv_general_dilated`` over NDHWC (``'xla'``), or on
-  XLA:CPU (``'cpu'``) a sum of 2-D convolutions through
-  :func:`dagan_jax.compute.conv2d`, one per depth tap (XLA:CPU's own 3-D
-  convolution is 3-10x slower). The 2-D convolutions (``embedding``,
-  ``jacobian``) go through ``compute``.
+* Convolutions, 2-D and 3-D, go through :mod:`dagan_jax.compute`: the
+  plain program runs one XLA 3-D convolution; the XLA:CPU kernel set, a
+  sum of 2-D convolutions over the depth taps (XLA:CPU's own 3-D
+  convolution is 3-10x slower).
 * ``embedding_0`` is a PyTorch ConvTranspose2d with stride 1. Its ``kernel``
   is stored as (kh, kw, in, out) = torch's (in, out, kh, kw) transposed
   (2, 3, 0, 1), i.e. *not* flipped; the forward pass flips it spatially
@@ -132,41 +129,10 @@ def _triple(v: int | Sequence[int]) -> Triple:
 def conv3d(x: Array, kernel: Array, bias: Array | None = None, *,
            padding: int | Sequence[int] = 0, precision: Any = None) -> Array:
   """``F.conv3d`` (stride 1) on NDHWC input with a DHWIO kernel and
-  symmetric zero padding ``(pd, ph, pw)``.
-
-  :mod:`dagan_jax.compute` has no 3-D convolution, so the form is chosen
-  here from the kernel set in use (:func:`dagan_jax.compute.resolve`):
-
-  * ``'xla'`` (the plain program; GPUs, TPUs): one
-    ``lax.conv_general_dilated`` over NDHWC;
-  * ``'cpu'``: the sum over the ``kd`` depth taps of 2-D convolutions
-    (:func:`dagan_jax.compute.conv2d`, frames on the batch axis) of the
-    T-padded input shifted by each tap. XLA:CPU runs 3-D convolutions as a
-    slow generic loop: on the 2-core development machine the 7x7x7 ``kp``
-    head over 12 windows of 16x64x64x14 took 21-27 s as one 3-D conv and
-    2-3 s as 7 2-D convs; 3x3x3 8 -> 8 on 16x64x64, 0.8 s vs 0.3 s.
-
-  Same numbers up to float rounding (summation order).
-  """
-  pd, ph, pw = _triple(padding)
-  kernel = kernel.astype(x.dtype)
-  if compute.resolve(compute.current().kernels) != "cpu":
-    y = jax.lax.conv_general_dilated(
-        x, kernel, window_strides=(1, 1, 1),
-        padding=((pd, pd), (ph, ph), (pw, pw)),
-        dimension_numbers=("NDHWC", "DHWIO", "NDHWC"), precision=precision)
-    return compute.add_bias(y, bias)
-  b, t, h, w, c = x.shape
-  kd = kernel.shape[0]
-  t_out = t + 2 * pd - kd + 1
-  xp = jnp.pad(x, ((0, 0), (pd, pd), (0, 0), (0, 0), (0, 0))) if pd else x
-  y = None
-  for d in range(kd):
-    frames = xp[:, d:d + t_out].reshape(b * t_out, h, w, c)
-    part = compute.conv2d(frames, kernel[d], padding=(ph, pw),
-                          precision=precision)
-    y = part if y is None else y + part
-  y = y.reshape((b, t_out) + y.shape[1:])
+  symmetric zero padding ``(pd, ph, pw)``, through the compute seam
+  (:func:`dagan_jax.compute.conv3d`: one XLA 3-D convolution in the plain
+  program, 2-D convolutions over the depth taps on XLA:CPU)."""
+  y = compute.conv3d(x, kernel, padding=_triple(padding), precision=precision)
   return compute.add_bias(y, bias)
 
 
