@@ -10,6 +10,9 @@ Example (the official demo's files)::
   dagan-jax convert --checkpoint SPADE_DaGAN_vox_adv_256.pth.tar ... \\
       --set model_params.generator_type=SPADEDepthAwareGenerator
 
+  dagan-jax convert --audio2head audio2head.pth.tar --out models/audio2head \\
+      [--config config/vox-256.yaml --audio2kp-config config/parameters.yaml]
+
 The result (``config.yaml`` + orbax ``variables/``, see
 ``dagan_jax.checkpoints``) is what every other command loads with
 ``--checkpoint DIR``. Matching is strict: a missing, unexpected or mis-shaped
@@ -46,9 +49,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "depth training)")
   parser.add_argument("--pose-decoder", metavar="pose.pth",
                       help="Face-Depth-Network pose decoder with intrinsics head")
-  parser.add_argument("--config", required=True,
+  parser.add_argument("--audio2head", metavar="X.pth.tar",
+                      help="Audio2Head's checkpoint ('audio2pose', 'audio2kp', "
+                           "'kp_detector', 'generator'); --config is then its "
+                           "config/vox-256.yaml (default: the released sizes)")
+  parser.add_argument("--audio2kp-config", metavar="parameters.yaml",
+                      help="with --audio2head: its config/parameters.yaml")
+  parser.add_argument("--config", default=None,
                       help="config the weights belong to: an official YAML or a "
-                           "dagan-jax Python config")
+                           "dagan-jax Python config (required for DaGAN)")
   parser.add_argument("--set", dest="overrides", action="append", default=[],
                       metavar="KEY=VALUE",
                       help="config override, e.g. model_params.common_params.num_kp=15 "
@@ -124,10 +133,45 @@ def convert_files(*, config, checkpoint: str | None = None,
   return variables
 
 
+def _run_audio2head(args: argparse.Namespace) -> int:
+  import os  # pylint: disable=import-outside-toplevel
+
+  from dagan_jax.checkpoints import save_model  # pylint: disable=import-outside-toplevel
+  from dagan_jax.config import apply_overrides, from_dict  # pylint: disable=import-outside-toplevel
+  from dagan_jax.convert import audio2head  # pylint: disable=import-outside-toplevel
+  from dagan_jax.convert.torch_to_flax import load_torch_file  # pylint: disable=import-outside-toplevel
+  from dagan_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  if args.checkpoint or args.depth_encoder or args.pose_encoder:
+    raise ConfigError("--audio2head converts Audio2Head's file alone; convert "
+                      "DaGAN files in another call")
+  if args.config:
+    config = audio2head.config_from_yaml(args.config, args.audio2kp_config)
+  else:
+    parameters = None
+    if args.audio2kp_config:
+      import yaml  # pylint: disable=import-outside-toplevel
+      with open(args.audio2kp_config) as f:
+        parameters = yaml.safe_load(f)
+    config = audio2head.official_config(None, parameters)
+  if args.overrides:
+    config = from_dict(apply_overrides(config, args.overrides).to_dict())
+  ckpt = load_torch_file(args.audio2head, trust_pickle=args.trust_pickle)
+  variables = audio2head.convert_audio2head(ckpt, config, source=args.audio2head)
+  path = save_model(args.out, variables, config, overwrite=args.overwrite,
+                    info={"converted_from": {"audio2head": os.path.abspath(args.audio2head)}})
+  print(f"wrote {path}")
+  return 0
+
+
 def run(args: argparse.Namespace) -> int:
   from dagan_jax.checkpoints import save_model
   from dagan_jax.config import load_config
 
+  if args.audio2head:
+    return _run_audio2head(args)
+  if not args.config:
+    from dagan_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+    raise ConfigError("--config is required to convert DaGAN checkpoints")
   config = load_config(args.config, args.overrides)
   variables = convert_files(
       config=config, checkpoint=args.checkpoint,

@@ -168,7 +168,8 @@ class CompiledModel:
     gen = self.models.generator
     self.caches_source_features = (hasattr(gen, "encode_source")
                                    and hasattr(gen, "decode"))
-    self.traces: dict[str, int] = {"source": 0, "keypoints": 0, "drive": 0}
+    self.traces: dict[str, int] = {"source": 0, "keypoints": 0, "drive": 0,
+                                   "render": 0}
     # The one place where the networks are prepared for inference: the
     # config's kernel set, and the exact eval-mode rewrites of the layer
     # library (compute.use) unless switched off.
@@ -177,6 +178,7 @@ class CompiledModel:
     self.source_fn = jit(self._source_impl)
     self.keypoints_fn = jit(self._keypoints_impl)
     self.drive_fn = jit(self._drive_impl)
+    self.render_fn = jit(self._render_impl)
 
   def _depth(self, variables, images):
     from dagan_jax.models import build  # pylint: disable=import-outside-toplevel
@@ -223,6 +225,31 @@ class CompiledModel:
                        kp_source, depth, driving_depth, method="decode")
     return gen.apply(variables["generator"], image, kp_driving, kp_source,
                      depth, driving_depth)
+
+  def _render_impl(self, variables, source: SourceState, kp_driving: KP,
+                   kp_initial: KP, relative):
+    """One batch of frames from given driving keypoints (speech-driven
+    models predict them): absolute, or with ``relative`` (traced) the
+    motion relative to ``kp_initial`` added to the source's keypoints
+    (relative Jacobians, no scale adaptation)."""
+    import jax  # pylint: disable=import-outside-toplevel
+    import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+    from dagan_jax.ops.keypoints import normalize_kp  # pylint: disable=import-outside-toplevel
+
+    self.traces["render"] += 1
+    b = kp_driving["value"].shape[0]
+
+    def bcast(tree):
+      return {k: jnp.broadcast_to(v, (b,) + v.shape[1:]) for k, v in tree.items()}
+
+    kp_s, kp_0 = bcast(source["kp"]), bcast(kp_initial)
+    kp_rel = normalize_kp(kp_s, kp_driving, kp_0, use_relative_movement=True,
+                          use_relative_jacobian=True)
+    kp_norm = jax.tree.map(lambda r, a: jnp.where(relative, r, a), kp_rel,
+                           dict(kp_driving))
+    out = self._decode(variables, source, kp_s, kp_norm, None)
+    return {"prediction": out["prediction"], "kp_norm": kp_norm["value"]}
 
   def _drive_impl(self, variables, source: SourceState, frames, kp_initial,
                   relative, adapt_scale):

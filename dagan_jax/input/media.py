@@ -564,13 +564,17 @@ def _to_uint8(frames: np.ndarray) -> np.ndarray:
 
 
 def write_video(path: PathLike, frames: np.ndarray, fps: float = 25.0, *,
-                crf: int = 18, gop: int | None = None) -> pathlib.Path:
+                crf: int = 18, gop: int | None = None,
+                audio: np.ndarray | None = None,
+                audio_rate: int = 16000) -> pathlib.Path:
   """Writes ``frames`` ``(T, H, W, 3)`` (float in [0, 1] or uint8).
 
   By the extension of ``path``:
 
   * ``.mp4 .mov .mkv``: H.264 (libx264, ``crf``; yuv420p, or yuv444p when a
     side is odd), ``gop`` = keyframe interval (libx264's default when None);
+    with ``audio`` (mono int16 or float in [-1, 1] samples at
+    ``audio_rate``) an AAC sound track muxed beside the picture;
   * ``.gif``: PIL, frame duration ``1000 / fps`` ms;
   * ``.npy``: the float32 array as given (clipped to [0, 1]);
   * no extension: a folder of lossless 7-digit PNG frames
@@ -584,8 +588,11 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float = 25.0, *,
                     f"T > 0, got shape {frames.shape}")
   p = pathlib.Path(path)
   ext = p.suffix.lower()
+  if audio is not None and ext not in (".mp4", ".mov", ".mkv"):
+    raise DataError(f"write_video({p}): a sound track needs an .mp4, .mov or "
+                    f".mkv file, not {ext or 'a frame folder'}")
   if ext in (".mp4", ".mov", ".mkv"):
-    _write_av(p, _to_uint8(frames), fps, crf, gop)
+    _write_av(p, _to_uint8(frames), fps, crf, gop, audio, audio_rate)
   elif ext == ".gif":
     from PIL import Image  # pylint: disable=import-outside-toplevel
     ims = [Image.fromarray(f) for f in _to_uint8(frames)]
@@ -609,8 +616,23 @@ def write_video(path: PathLike, frames: np.ndarray, fps: float = 25.0, *,
   return p
 
 
+def _audio_frames(samples: np.ndarray, rate: int, frame_size: int):
+  """Mono samples as AAC encoder frames (float planar, ``frame_size`` each)."""
+  import av  # pylint: disable=import-outside-toplevel
+  x = np.asarray(samples)
+  x = (x.astype(np.float32) / 32768.0 if x.dtype == np.int16
+       else np.clip(x.astype(np.float32), -1.0, 1.0)).reshape(-1)
+  for i in range(0, len(x), frame_size):
+    chunk = x[i:i + frame_size]
+    frame = av.AudioFrame.from_ndarray(chunk[None, :], format="fltp", layout="mono")
+    frame.sample_rate = rate
+    frame.pts = i
+    yield frame
+
+
 def _write_av(p: pathlib.Path, frames: np.ndarray, fps: float, crf: int,
-              gop: int | None) -> None:
+              gop: int | None, audio: np.ndarray | None = None,
+              audio_rate: int = 16000) -> None:
   import av  # pylint: disable=import-outside-toplevel
   t, h, w, _ = frames.shape
   odd = h % 2 or w % 2
@@ -629,10 +651,21 @@ def _write_av(p: pathlib.Path, frames: np.ndarray, fps: float, crf: int,
         stream.codec_context.gop_size = int(gop)
         opts["sc_threshold"] = "0"
       stream.options = opts
+      sound = None
+      if audio is not None:
+        sound = container.add_stream("aac", rate=int(audio_rate))
+        sound.layout = "mono"
       for f in frames:
         for packet in stream.encode(av.VideoFrame.from_ndarray(f, format="rgb24")):
           container.mux(packet)
       for packet in stream.encode():
         container.mux(packet)
+      if sound is not None:
+        size = sound.codec_context.frame_size or 1024
+        for af in _audio_frames(audio, int(audio_rate), size):
+          for packet in sound.encode(af):
+            container.mux(packet)
+        for packet in sound.encode():
+          container.mux(packet)
   except (av.FFmpegError, OSError, ValueError) as e:
     raise DataError(f"cannot write video {p}: {e}") from e

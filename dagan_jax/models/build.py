@@ -11,7 +11,11 @@
   **common_params)``;
 * the depth network: ``ResnetEncoder(depth_params.num_layers)`` and
   ``DepthDecoder(scales=depth_params.scales)``;
-* optionally (``with_pose=True``) Face-Depth-Network's pose encoder/decoder.
+* optionally (``with_pose=True``) Face-Depth-Network's pose encoder/decoder;
+* with an ``audio2head_params`` section, Audio2Head's speech networks:
+  ``audio2pose = Audio2Pose()`` (fixed sizes) and ``audio2kp =
+  Audio2KP(**audio2head_params.audio2kp)``, whose keypoints drive this
+  config's generator (so their ``num_kp`` must agree).
 
 Variables are kept per network: ``variables[name] = {'params': ...,
 'batch_stats': ...}`` with ``name`` one of :data:`NETWORKS` (a network
@@ -31,6 +35,9 @@ import jax
 import jax.numpy as jnp
 
 from dagan_jax.errors import ConfigError
+from dagan_jax.models.audio2kp import Audio2KP
+from dagan_jax.models.audio2pose import Audio2Pose
+from dagan_jax.models.audio2pose import example_inputs as audio2pose_inputs
 from dagan_jax.models.depth import DepthDecoder, ResnetEncoder, num_ch_enc
 from dagan_jax.models.discriminator import MultiScaleDiscriminator
 from dagan_jax.models import generator as generator_lib
@@ -46,6 +53,8 @@ NETWORKS = ("depth_encoder", "depth_decoder", "kp_detector", "generator",
             "discriminator")
 #: Optional networks (depth training only).
 POSE_NETWORKS = ("pose_encoder", "pose_decoder")
+#: Audio2Head's speech networks (configs with ``audio2head_params``).
+AUDIO_NETWORKS = ("audio2pose", "audio2kp")
 
 #: Generator classes by ``model_params.generator_type``: DaGAN's two and
 #: DaGAN++'s geometry-enhanced one.
@@ -74,6 +83,7 @@ class Models:
     generator: DepthAwareGenerator / SPADEDepthAwareGenerator.
     discriminator: MultiScaleDiscriminator.
     pose_encoder, pose_decoder: Face-Depth-Network pose net, or None.
+    audio2pose, audio2kp: Audio2Head's speech networks, or None.
     use_depth: the detector input is ``cat(RGB, disp0)``.
     frame_shape: ``(H, W, C)`` of the frames (``dataset_params.frame_shape``).
   """
@@ -84,13 +94,15 @@ class Models:
   discriminator: MultiScaleDiscriminator
   pose_encoder: PoseEncoder | None = None
   pose_decoder: PoseDecoder | None = None
+  audio2pose: Audio2Pose | None = None
+  audio2kp: Audio2KP | None = None
   use_depth: bool = True
   frame_shape: tuple[int, int, int] = (256, 256, 3)
 
   def networks(self) -> dict[str, nn.Module]:
     """Name -> module of every network built (pose nets only if present)."""
     out = {name: getattr(self, name) for name in NETWORKS}
-    for name in POSE_NETWORKS:
+    for name in POSE_NETWORKS + AUDIO_NETWORKS:
       if getattr(self, name) is not None:
         out[name] = getattr(self, name)
     return out
@@ -169,12 +181,26 @@ def build_models(config: Any, *, with_pose: bool = False,
     pose_encoder = PoseEncoder(num_layers)
     pose_decoder = PoseDecoder(num_ch_enc(num_layers), 1, 2,
                                image_size=frame_shape[:2])
+  audio2pose = audio2kp = None
+  if config.get("audio2head_params") is not None:
+    a2k = _plain(config["audio2head_params"]["audio2kp"])
+    if int(a2k["num_kp"]) != int(common["num_kp"]):
+      raise ConfigError(
+          f"audio2head_params.audio2kp.num_kp is {a2k['num_kp']} but the "
+          f"generator it drives has model_params.common_params.num_kp = "
+          f"{common['num_kp']}")
+    try:
+      audio2kp = Audio2KP.from_config(a2k)
+    except ValueError as e:
+      raise ConfigError(f"audio2head_params.audio2kp: {e}") from None
+    audio2pose = Audio2Pose()
   return Models(
       depth_encoder=ResnetEncoder(num_layers),
       depth_decoder=DepthDecoder(num_ch_enc(num_layers), scales),
       kp_detector=kp_detector, generator=generator,
       discriminator=discriminator, pose_encoder=pose_encoder,
-      pose_decoder=pose_decoder, use_depth=use_depth,
+      pose_decoder=pose_decoder, audio2pose=audio2pose, audio2kp=audio2kp,
+      use_depth=use_depth,
       frame_shape=frame_shape)  # type: ignore[arg-type]
 
 
@@ -217,6 +243,11 @@ def example_inputs(models: Models, batch: int = 1) -> dict[str, tuple]:
                   for i, ch in enumerate(models.pose_decoder.num_ch_enc)]
     inputs["pose_encoder"] = (jnp.zeros((batch, h, w, 6), jnp.float32),)
     inputs["pose_decoder"] = ([pose_feats],)
+  if models.audio2pose is not None:
+    image, audio = audio2pose_inputs(batch)
+    inputs["audio2pose"] = (jnp.zeros(image.shape, image.dtype),
+                            jnp.zeros(audio.shape, audio.dtype))
+    inputs["audio2kp"] = models.audio2kp.dummy_inputs(batch)
   return inputs
 
 
