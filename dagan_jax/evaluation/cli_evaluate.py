@@ -11,6 +11,10 @@ what):
 * ``reconstruction`` (FOMM / DaGAN ``reconstruction.py``): every clip of
   ``ROOT/<split>``; frame 0 is the source, every frame drives with its
   **absolute** keypoints and is the ground truth.
+* ``speech``: a speech-driven model (``dagan-jax convert --audio2head`` or
+  trained) on the clips with sound of ``ROOT/<split>``: keypoints against
+  the detector, reconstruction with real head poses, head-motion statistics
+  and weight-free lip sync (:mod:`dagan_jax.evaluation.speech`).
 * ``pairs`` / ``cross-id``: the rows of a DaGAN pair list (``--pairs``; this
   project ships ``data/vox_mini_test_pairs.csv`` and
   ``data/vox_mini_test_cross_id_pairs.csv`` for ``vox_mini``). Motion
@@ -32,7 +36,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable, Iterator, Sequence
 
-PROTOCOLS = ("reconstruction", "pairs", "cross-id")
+PROTOCOLS = ("reconstruction", "pairs", "cross-id", "speech")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -237,8 +241,39 @@ def format_report(report: dict) -> str:
   return "\n".join(lines)
 
 
+def _run_speech(args: argparse.Namespace) -> int:
+  import sys  # pylint: disable=import-outside-toplevel
+
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
+  from dagan_jax.evaluation import evaluator as E  # pylint: disable=import-outside-toplevel
+  from dagan_jax.evaluation import speech  # pylint: disable=import-outside-toplevel
+  from dagan_jax.inference.speak import Speaker  # pylint: disable=import-outside-toplevel
+  speaker = Speaker.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
+  bar = tqdm(unit="video", desc="evaluate speech", disable=args.no_progress,
+             file=sys.stderr)
+  report = speech.evaluate_speech(speaker, args.data, split=args.split,
+                                  num_videos=args.num_videos,
+                                  max_frames=args.max_frames,
+                                  progress=lambda name: bar.update(1))
+  bar.close()
+  report["settings"]["checkpoint"] = str(args.checkpoint)
+  lines = [f"protocol speech: {len(report['per_video'])} videos, "
+           f"{report['generated_frames']} frames"]
+  lines += [f"  {k:<22}{v:>12.4f}" for k, v in report["mean"].items()]
+  lines += ["skipped:"] + [f"  {k}: {v}" for k, v in report["skipped"].items()]
+  print("\n".join(lines))
+  if args.out:
+    E.write_report(args.out, report)
+    print(f"report written to {args.out}")
+  return 0
+
+
 def run(args: argparse.Namespace) -> int:
   import sys  # pylint: disable=import-outside-toplevel
+
+  if args.protocol == "speech":
+    return _run_speech(args)
 
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 
