@@ -19,12 +19,13 @@ from dagan_jax.errors import DaganError
 # name -> (module, one-line help).  The module is imported lazily.
 COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("dagan_jax.demo", "Train briefly on the bundled sample, animate a face, evaluate (no downloads)."),
-    "convert": ("dagan_jax.convert.cli_convert", "Convert official PyTorch checkpoints (DaGAN, Audio2Head) to a model directory."),
+    "convert": ("dagan_jax.convert.cli_convert", "Convert official PyTorch checkpoints (DaGAN, Audio2Head, IP_LAP) to a model directory."),
     "data": ("dagan_jax.input.cli_data", "Validate a dataset before a long run (data check)."),
     "train": ("dagan_jax.training.cli_train", "Train DaGAN / DaGAN++ or the face depth network from a config file."),
     "info": ("dagan_jax.cli_info", "Parameter counts of a config's networks; with --memory, the compiled cost of one training step."),
     "animate": ("dagan_jax.inference.cli_animate", "Animate a source face with a driving video (mp4, PNG frames or .npy)."),
     "speak": ("dagan_jax.inference.cli_speak", "Animate a face image with speech (Audio2Head): image + audio -> video with sound."),
+    "dub": ("dagan_jax.inference.cli_dub", "Dub a template video with new speech (IP_LAP): video + audio -> the video saying it."),
     "evaluate": ("dagan_jax.evaluation.cli_evaluate", "Evaluate a checkpoint: reconstruction, same-identity or cross-identity pairs."),
 }
 

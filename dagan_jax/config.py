@@ -112,12 +112,20 @@ def vox_adv_256() -> dict[str, Any]:
 
 #: Values of ``compute.kernels`` (what each means: :mod:`dagan_jax.compute`).
 KERNEL_CHOICES = ("auto", "xla", "cpu")
+#: Trainers of Audio2Head's speech networks (:mod:`dagan_jax.training.audio2head`).
+SPEECH_TRAINERS = ("audio2kp", "audio2pose")
+#: IP_LAP's two trainers (:mod:`dagan_jax.training.ip_lap_landmark`,
+#: :mod:`dagan_jax.training.ip_lap_renderer`).
+IP_LAP_TRAINERS = ("ip_lap_landmark", "ip_lap_renderer")
+#: Values of ``trainer``: which stage ``dagan-jax train`` runs.
+TRAINERS = ("talking_head", "depth") + SPEECH_TRAINERS + IP_LAP_TRAINERS
 
 
 def extra_defaults() -> dict[str, Any]:
   """Keys beyond the official YAML schema, with the official demo's choices."""
   return {
-      # Which trainer `dagan-jax train` runs: 'talking_head' or 'depth'.
+      # Which trainer `dagan-jax train` runs (TRAINERS): 'talking_head',
+      # 'depth', or Audio2Head's speech networks 'audio2kp' / 'audio2pose'.
       "trainer": "talking_head",
       "seed": 0,
       "name": "",
@@ -153,7 +161,10 @@ def audio2head_params() -> dict[str, Any]:
 
   ``audio2kp``: the official ``config/parameters.yaml`` (AudioModel3D);
   ``seq_len`` frames per window, windows overlap by half
-  (:mod:`dagan_jax.models.audio2kp`). audio2pose has fixed sizes.
+  (:mod:`dagan_jax.models.audio2kp`). ``audio2pose``: the width of its two
+  ResNet embeddings (= the LSTM's units) and the basic blocks per ResNet
+  layer; the released network is ResNet-34 with 256 (the official code has
+  no setting: smaller values are for smoke runs and tests only).
   ``pitch_tracker``: Audio2Head's features use WORLD's Harvest; a model
   records the tracker it was trained with ('harvest' or 'yin',
   :mod:`dagan_jax.audio.pitch`) and speech is read with the same one.
@@ -164,6 +175,7 @@ def audio2head_params() -> dict[str, Any]:
       "audio2kp": {"block_expansion": 32, "max_features": 512, "num_blocks": 5,
                    "num_kp": 10, "num_w": 2, "seq": True, "seq_len": 64,
                    "estimate_jacobian": True},
+      "audio2pose": {"embedding_dim": 256, "blocks": [3, 4, 6, 3]},
       "pitch_tracker": "harvest",
       "fps": 25,
   }
@@ -181,6 +193,34 @@ def audio2head_config() -> dict[str, Any]:
   mp["discriminator_params"] = {"scales": [1], "block_expansion": 32,
                                 "max_features": 512, "num_blocks": 4, "sn": True}
   d["audio2head_params"] = audio2head_params()
+  return d
+
+
+def ip_lap_params() -> dict[str, Any]:
+  """``ip_lap_params``: IP_LAP's two networks and the numbers of its
+  inference (``inference_single.py``), the released sizes.
+
+  The landmark generator's constructor: ``T`` frames per window, ``d_model``
+  (512, hard-wired in the official encoders), ``nlayers``, ``nhead``,
+  ``dim_feedforward`` (``convert --ip-lap-landmark`` reads ``d_model``,
+  ``nlayers`` and ``dim_feedforward`` from the checkpoint; ``nhead`` and
+  ``T`` are not recorded there). ``Nl`` reference landmark sets and ``N``
+  reference images, picked by mouth openness. ``img_size``: the renderer's
+  square face crop; ``mel_step``: mel columns per chunk (80 x 16 is what
+  the mel encoders reduce to 1 x 1); ``fps``: the video rate the mel chunks
+  are cut for (80 mel columns per second).
+  """
+  return {"T": 5, "d_model": 512, "nlayers": 4, "nhead": 4,
+          "dim_feedforward": 1024, "Nl": 15, "N": 25, "img_size": 128,
+          "mel_step": 16, "fps": 25}
+
+
+def ip_lap_config() -> dict[str, Any]:
+  """IP_LAP (visual dubbing): its ``ip_lap_params`` beside the default DaGAN
+  sections (which the schema requires; an IP_LAP model directory holds only
+  the ``ip_lap_landmark`` and ``ip_lap_renderer`` networks), a plain dict."""
+  d = vox_adv_256()
+  d["ip_lap_params"] = ip_lap_params()
   return d
 
 
@@ -268,6 +308,163 @@ def depth_config() -> dict[str, Any]:
   return d
 
 
+def speech_train_params(trainer: str) -> dict[str, Any]:
+  """``train_params`` of Audio2Head's speech-network trainers
+  (:mod:`dagan_jax.training.audio2kp`, :mod:`dagan_jax.training.audio2pose`).
+
+  The official code released inference only; these values are ours.
+  ``prepared_dir``: the folder ``dagan-jax data prepare`` wrote for
+  ``dataset_params.root_dir`` (with ``--model RENDERER`` for audio2kp);
+  empty = prepare the root into ``WORKDIR/prepared`` first (one process).
+  ``renderer``: the DaGAN / DaGAN++ / FOMM model directory (or training
+  workdir) whose keypoints the speech model learns; it supplies
+  ``model_params`` and ``frame_shape`` and goes into the exported model.
+  Empty = the model the prepared keypoints came from (the manifest's), or,
+  with nothing prepared yet, RANDOM renderer weights (smoke runs only).
+  ``speech_model``: a model directory (or workdir) holding the other speech
+  network, copied into the exported model so that ``dagan-jax speak`` has
+  both. ``learning_rate``, ``betas``, ``epoch_milestones``: Adam with the
+  rate decayed 10x at each milestone epoch. An epoch is ``num_repeats``
+  windows per person (``id_sampling``) or clip. ``window`` (audio2pose
+  only): frames per training window (audio2kp's is its ``seq_len``).
+  ``loss_weights``: audio2kp L1 on keypoint values (x, y in [-1, 1]) and
+  Jacobian entries; audio2pose L1 on normalised poses plus the motion terms
+  of :mod:`dagan_jax.training.audio2pose`.
+  """
+  if trainer not in SPEECH_TRAINERS:
+    raise ConfigError(f"trainer {trainer!r} is not a speech trainer "
+                      f"({', '.join(SPEECH_TRAINERS)})")
+  d = {
+      "prepared_dir": "",
+      "renderer": "",
+      "speech_model": "",
+      "batch_size": 4,
+      "num_epochs": 20,
+      "num_repeats": 25,
+      "learning_rate": 2.0e-4,
+      "betas": [0.5, 0.999],
+      "epoch_milestones": [],
+      "compute_dtype": "float32",
+      "max_steps": 0,
+      "log_every": 20,
+      "image_every": 500,
+      "checkpoint_every": 1000,
+      "keep_checkpoints": 3,
+      "skip_bad_data": False,
+      "num_workers": 0,
+  }
+  if trainer == "audio2kp":
+    d["loss_weights"] = {"kp_value": 10.0, "kp_jacobian": 1.0}
+  else:
+    d.update({"batch_size": 16, "learning_rate": 1.0e-4, "betas": [0.9, 0.999],
+              "window": 64})
+    d["loss_weights"] = {"pose": 1.0, "motion_std": 1.0, "motion_velocity": 2.0}
+  return d
+
+
+def speech_config(trainer: str = "audio2kp") -> dict[str, Any]:
+  """A speech-network stage over DaGAN at vox-adv-256 (15 keypoints; the
+  renderer's own config replaces ``model_params`` when training), a plain
+  dict."""
+  d = vox_adv_256()
+  d["trainer"] = trainer
+  d["audio2head_params"] = audio2head_params()
+  d["audio2head_params"]["audio2kp"]["num_kp"] = d["model_params"][
+      "common_params"]["num_kp"]
+  d["train_params"] = speech_train_params(trainer)
+  return d
+
+
+def ip_lap_train_params(trainer: str) -> dict[str, Any]:
+  """``train_params`` of IP_LAP's trainers, the official training scripts'
+  values (``train_landmarks_generator.py``, ``train_video_renderer.py``).
+
+  Both: ``prepared_dir`` the folder ``dagan-jax data prepare`` wrote for
+  ``dataset_params.root_dir`` (empty = prepare the train split into
+  ``WORKDIR/prepared`` first, one process); ``min_frames`` clips shorter
+  are left out (official 25; with ``skip_bad_data``, else an error);
+  ``crop_margin_px`` pixels around the 131 points of each frame's crop
+  (official training 5; its inference uses 25); ``learning_rate`` and
+  ``betas`` of Adam (torch's defaults, no decay); an epoch is
+  ``num_repeats`` records per clip (or person, with ``id_sampling``).
+
+  ``ip_lap_landmark``: ``velocity_on`` 'all' (the paper's, and the official
+  code since its last commit) or 'official_3' (the velocity term on the
+  first 3 content points only, as the official code had it before);
+  ``loss_weights`` of the L1 and velocity terms (1 and 1);
+  ``renderer_model``: a model directory (or renderer workdir) whose
+  ``ip_lap_renderer`` goes into this run's ``model/`` too. The README's run:
+  batch 128, stopped at epoch 1837 (610k steps).
+
+  ``ip_lap_renderer``: ``num_refs`` reference faces per sample (official
+  training 3; inference uses ``ip_lap_params.N``); ``warp_phase_epochs``
+  epochs of the warp-only phase (official: the translation network is
+  trained from epoch 26 on); ``warp_phase`` 'flow_only' (only the flow
+  network runs and learns) or 'official' (the whole renderer runs, its
+  translation network idle, and the discriminator learns, as the official
+  loop); ``vgg_input`` 'imagenet' or 'official_quirk' and
+  ``leak_generator_grad_into_d`` (False; True = the official backward):
+  :mod:`dagan_jax.training.ip_lap_renderer`; ``perceptual_backbone`` /
+  ``vgg19_weights`` as :func:`talking_head_train_params`;
+  ``lr_discriminator`` / ``betas_discriminator`` the discriminator's Adam;
+  ``discriminator``: pix2pixHD's ``ndf``, ``n_layers``, ``num_D``;
+  ``loss_weights``: ``perceptual_warp`` 2.5, ``perceptual_gen`` 4,
+  ``style`` 250 (relative to ``perceptual_gen``, as the official),
+  ``generator_gan`` 0.25, ``feature_matching`` 2.5 (times pix2pixHD's
+  1 / num_D * 4 / (n_layers + 1) per layer), ``discriminator_gan`` 0.5;
+  ``landmark_model``: a model directory (or landmark workdir) whose
+  ``ip_lap_landmark`` goes into this run's ``model/`` too, making it what
+  ``dagan-jax dub`` loads. The README gives no epoch count ("until the FID
+  no longer decreases"); 100 is ours.
+  """
+  if trainer not in IP_LAP_TRAINERS:
+    raise ConfigError(f"trainer {trainer!r} is not an IP_LAP trainer "
+                      f"({', '.join(IP_LAP_TRAINERS)})")
+  d = {
+      "prepared_dir": "",
+      "min_frames": 25,
+      "crop_margin_px": 5,
+      "batch_size": 128,
+      "num_epochs": 1837,
+      "num_repeats": 1,
+      "learning_rate": 1.0e-4,
+      "betas": [0.9, 0.999],
+      "max_steps": 0,
+      "log_every": 20,
+      "image_every": 500,
+      "checkpoint_every": 1000,
+      "keep_checkpoints": 3,
+      "skip_bad_data": False,
+      "num_workers": 0,
+  }
+  if trainer == "ip_lap_landmark":
+    d.update({"velocity_on": "all", "renderer_model": "",
+              "loss_weights": {"l1": 1.0, "velocity": 1.0}})
+  else:
+    d.update({
+        "batch_size": 96, "num_epochs": 100, "num_refs": 3,
+        "warp_phase_epochs": 26, "warp_phase": "flow_only",
+        "vgg_input": "imagenet", "leak_generator_grad_into_d": False,
+        "perceptual_backbone": "", "vgg19_weights": "",
+        "lr_discriminator": 1.0e-4, "betas_discriminator": [0.5, 0.999],
+        "discriminator": {"ndf": 64, "n_layers": 3, "num_D": 2},
+        "landmark_model": "",
+        "loss_weights": {"perceptual_warp": 2.5, "perceptual_gen": 4.0,
+                         "style": 250.0, "generator_gan": 0.25,
+                         "feature_matching": 2.5, "discriminator_gan": 0.5}})
+  return d
+
+
+def ip_lap_train_config(trainer: str = "ip_lap_landmark") -> dict[str, Any]:
+  """An IP_LAP training stage: :func:`ip_lap_config` with ``trainer`` and
+  its ``train_params``, LRS2-style clips (no person sampling), a plain dict."""
+  d = ip_lap_config()
+  d["trainer"] = trainer
+  d["dataset_params"]["id_sampling"] = False
+  d["train_params"] = ip_lap_train_params(trainer)
+  return d
+
+
 def toy_model(d: dict[str, Any], *, frame: int = 32, num_kp: int = 4,
               width: int = 4, max_features: int = 16,
               hourglass_max_features: int | None = None, num_blocks: int = 3,
@@ -317,10 +514,22 @@ def from_dict(d: dict) -> ml_collections.ConfigDict:
   """A ConfigDict from a dict, with the extra keys filled in (the trainer's
   ``train_params`` too, so that every default lives here), validated."""
   full = _merge(d, extra_defaults())
-  trainer_params = (depth_train_params() if full["trainer"] == "depth"
-                    else talking_head_train_params())
+  trainer = full["trainer"]
+  if trainer == "depth":
+    trainer_params = depth_train_params()
+  elif trainer in SPEECH_TRAINERS:
+    trainer_params = speech_train_params(trainer)
+  elif trainer in IP_LAP_TRAINERS:
+    trainer_params = ip_lap_train_params(trainer)
+  else:
+    trainer_params = talking_head_train_params()
   if isinstance(full.get("train_params"), dict):
     full["train_params"] = _merge(full["train_params"], trainer_params)
+  if isinstance(full.get("audio2head_params"), dict):
+    full["audio2head_params"] = _merge(full["audio2head_params"],
+                                       audio2head_params())
+  if isinstance(full.get("ip_lap_params"), dict):
+    full["ip_lap_params"] = _merge(full["ip_lap_params"], ip_lap_params())
   cfg = ml_collections.ConfigDict(full)
   validate(cfg)
   return cfg
@@ -336,9 +545,17 @@ def validate(cfg: ml_collections.ConfigDict) -> None:
   for section in ("dataset_params", "model_params", "train_params"):
     if section not in cfg:
       raise ConfigError(f"config has no '{section}' section")
-  if cfg.trainer not in ("talking_head", "depth"):
-    raise ConfigError(f"trainer is {cfg.trainer!r}; expected 'talking_head' "
-                      "or 'depth'")
+  if cfg.trainer not in TRAINERS:
+    raise ConfigError(f"trainer is {cfg.trainer!r}; expected one of "
+                      f"{', '.join(TRAINERS)}")
+  if cfg.trainer in SPEECH_TRAINERS and cfg.get("audio2head_params") is None:
+    raise ConfigError(f"trainer {cfg.trainer!r} trains an Audio2Head speech "
+                      "network: the config needs an audio2head_params section "
+                      "(dagan_jax.config.speech_config)")
+  if cfg.trainer in IP_LAP_TRAINERS and cfg.get("ip_lap_params") is None:
+    raise ConfigError(f"trainer {cfg.trainer!r} trains an IP_LAP network: the "
+                      "config needs an ip_lap_params section "
+                      "(dagan_jax.config.ip_lap_train_config)")
   if cfg.compute.kernels not in KERNEL_CHOICES:
     raise ConfigError(f"compute.kernels is {cfg.compute.kernels!r}; expected "
                       f"one of {', '.join(KERNEL_CHOICES)}")

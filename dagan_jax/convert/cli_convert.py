@@ -13,6 +13,9 @@ Example (the official demo's files)::
   dagan-jax convert --audio2head audio2head.pth.tar --out models/audio2head \\
       [--config config/vox-256.yaml --audio2kp-config config/parameters.yaml]
 
+  dagan-jax convert --ip-lap-landmark landmarkgenerator_checkpoint.pth \\
+      --ip-lap-renderer renderer_checkpoint.pth --out models/ip_lap
+
 The result (``config.yaml`` + orbax ``variables/``, see
 ``dagan_jax.checkpoints``) is what every other command loads with
 ``--checkpoint DIR``. Matching is strict: a missing, unexpected or mis-shaped
@@ -55,6 +58,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "config/vox-256.yaml (default: the released sizes)")
   parser.add_argument("--audio2kp-config", metavar="parameters.yaml",
                       help="with --audio2head: its config/parameters.yaml")
+  parser.add_argument("--ip-lap-landmark", metavar="L.pth",
+                      help="IP_LAP's landmarkgenerator_checkpoint.pth (with "
+                           "--ip-lap-renderer; sizes read from the file, "
+                           "--set ip_lap_params.nhead=/T= for what it does "
+                           "not record)")
+  parser.add_argument("--ip-lap-renderer", metavar="R.pth",
+                      help="IP_LAP's renderer_checkpoint.pth (with "
+                           "--ip-lap-landmark)")
   parser.add_argument("--config", default=None,
                       help="config the weights belong to: an official YAML or a "
                            "dagan-jax Python config (required for DaGAN)")
@@ -163,12 +174,45 @@ def _run_audio2head(args: argparse.Namespace) -> int:
   return 0
 
 
+def _run_ip_lap(args: argparse.Namespace) -> int:
+  import os  # pylint: disable=import-outside-toplevel
+
+  from dagan_jax.checkpoints import save_model  # pylint: disable=import-outside-toplevel
+  from dagan_jax.convert import ip_lap  # pylint: disable=import-outside-toplevel
+  from dagan_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
+  if not (args.ip_lap_landmark and args.ip_lap_renderer):
+    raise ConfigError("IP_LAP needs both --ip-lap-landmark and --ip-lap-renderer")
+  if args.checkpoint or args.depth_encoder or args.pose_encoder or \
+      args.audio2head or args.config:
+    raise ConfigError("--ip-lap-landmark/--ip-lap-renderer convert IP_LAP's "
+                      "two files alone (sizes come from the files; use --set "
+                      "ip_lap_params.KEY=VALUE), not with DaGAN or Audio2Head "
+                      "files or --config")
+  config, variables, notes = ip_lap.convert_files(
+      args.ip_lap_landmark, args.ip_lap_renderer, overrides=args.overrides,
+      trust_pickle=args.trust_pickle)
+  info = {"converted_from": {
+      "ip_lap_landmark": os.path.abspath(args.ip_lap_landmark),
+      "ip_lap_renderer": os.path.abspath(args.ip_lap_renderer)}}
+  path = save_model(args.out, variables, config, overwrite=args.overwrite,
+                    info=info)
+  p = config.ip_lap_params
+  print(f"wrote {path} (landmark generator T={p.T}, nlayers={p.nlayers}, "
+        f"nhead={p.nhead}, dim_feedforward={p.dim_feedforward}; Nl={p.Nl}, "
+        f"N={p.N}, {p.img_size}x{p.img_size} faces)")
+  for note in notes:
+    print(f"  note: {note}")
+  return 0
+
+
 def run(args: argparse.Namespace) -> int:
   from dagan_jax.checkpoints import save_model
   from dagan_jax.config import load_config
 
   if args.audio2head:
     return _run_audio2head(args)
+  if args.ip_lap_landmark or args.ip_lap_renderer:
+    return _run_ip_lap(args)
   if not args.config:
     from dagan_jax.errors import ConfigError  # pylint: disable=import-outside-toplevel
     raise ConfigError("--config is required to convert DaGAN checkpoints")

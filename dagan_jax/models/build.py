@@ -13,9 +13,14 @@
   ``DepthDecoder(scales=depth_params.scales)``;
 * optionally (``with_pose=True``) Face-Depth-Network's pose encoder/decoder;
 * with an ``audio2head_params`` section, Audio2Head's speech networks:
-  ``audio2pose = Audio2Pose()`` (fixed sizes) and ``audio2kp =
+  ``audio2pose = Audio2Pose(**audio2head_params.audio2pose)`` (released:
+  ResNet-34, width 256) and ``audio2kp =
   Audio2KP(**audio2head_params.audio2kp)``, whose keypoints drive this
-  config's generator (so their ``num_kp`` must agree).
+  config's generator (so their ``num_kp`` must agree);
+* with an ``ip_lap_params`` section, IP_LAP's two networks:
+  ``ip_lap_landmark = LandmarkGenerator(T, d_model, nlayers, nhead,
+  dim_feedforward)`` and ``ip_lap_renderer = Renderer()`` (its sizes fixed
+  but for the ``T`` target sketches it stacks, ``img_size`` square faces).
 
 Variables are kept per network: ``variables[name] = {'params': ...,
 'batch_stats': ...}`` with ``name`` one of :data:`NETWORKS` (a network
@@ -40,6 +45,8 @@ from dagan_jax.models.audio2pose import Audio2Pose
 from dagan_jax.models.audio2pose import example_inputs as audio2pose_inputs
 from dagan_jax.models.depth import DepthDecoder, ResnetEncoder, num_ch_enc
 from dagan_jax.models.discriminator import MultiScaleDiscriminator
+from dagan_jax.models import ip_lap_landmark
+from dagan_jax.models import ip_lap_renderer
 from dagan_jax.models import generator as generator_lib
 from dagan_jax.models import geometry_generator
 from dagan_jax.models.keypoint_detector import KPDetector
@@ -55,6 +62,11 @@ NETWORKS = ("depth_encoder", "depth_decoder", "kp_detector", "generator",
 POSE_NETWORKS = ("pose_encoder", "pose_decoder")
 #: Audio2Head's speech networks (configs with ``audio2head_params``).
 AUDIO_NETWORKS = ("audio2pose", "audio2kp")
+#: IP_LAP's networks (configs with ``ip_lap_params``).
+IP_LAP_NETWORKS = ("ip_lap_landmark", "ip_lap_renderer")
+#: Keys of ``ip_lap_params`` (defaults: :func:`dagan_jax.config.ip_lap_params`).
+_IP_LAP_KEYS = {"T", "d_model", "nlayers", "nhead", "dim_feedforward", "Nl",
+                "N", "img_size", "mel_step", "fps"}
 
 #: Generator classes by ``model_params.generator_type``: DaGAN's two and
 #: DaGAN++'s geometry-enhanced one.
@@ -84,6 +96,9 @@ class Models:
     discriminator: MultiScaleDiscriminator.
     pose_encoder, pose_decoder: Face-Depth-Network pose net, or None.
     audio2pose, audio2kp: Audio2Head's speech networks, or None.
+    ip_lap_landmark, ip_lap_renderer: IP_LAP's landmark generator and
+      renderer, or None.
+    ip_lap_img_size: the renderer's face size (``ip_lap_params.img_size``).
     use_depth: the detector input is ``cat(RGB, disp0)``.
     frame_shape: ``(H, W, C)`` of the frames (``dataset_params.frame_shape``).
   """
@@ -96,13 +111,16 @@ class Models:
   pose_decoder: PoseDecoder | None = None
   audio2pose: Audio2Pose | None = None
   audio2kp: Audio2KP | None = None
+  ip_lap_landmark: ip_lap_landmark.LandmarkGenerator | None = None
+  ip_lap_renderer: ip_lap_renderer.Renderer | None = None
+  ip_lap_img_size: int = 128
   use_depth: bool = True
   frame_shape: tuple[int, int, int] = (256, 256, 3)
 
   def networks(self) -> dict[str, nn.Module]:
     """Name -> module of every network built (pose nets only if present)."""
     out = {name: getattr(self, name) for name in NETWORKS}
-    for name in POSE_NETWORKS + AUDIO_NETWORKS:
+    for name in POSE_NETWORKS + AUDIO_NETWORKS + IP_LAP_NETWORKS:
       if getattr(self, name) is not None:
         out[name] = getattr(self, name)
     return out
@@ -193,15 +211,51 @@ def build_models(config: Any, *, with_pose: bool = False,
       audio2kp = Audio2KP.from_config(a2k)
     except ValueError as e:
       raise ConfigError(f"audio2head_params.audio2kp: {e}") from None
-    audio2pose = Audio2Pose()
+    a2p = _plain(config["audio2head_params"].get("audio2pose"))
+    _check_keys("audio2head_params.audio2pose", a2p, {"embedding_dim", "blocks"})
+    width = int(a2p.get("embedding_dim", 256))
+    audio2pose = Audio2Pose(embedding_dim=width, hidden_size=width,
+                            blocks=tuple(int(b) for b in a2p.get(
+                                "blocks", (3, 4, 6, 3))))
+  landmark, renderer, img_size = None, None, 128
+  if config.get("ip_lap_params") is not None:
+    landmark, renderer, img_size = _build_ip_lap(config["ip_lap_params"])
   return Models(
       depth_encoder=ResnetEncoder(num_layers),
       depth_decoder=DepthDecoder(num_ch_enc(num_layers), scales),
       kp_detector=kp_detector, generator=generator,
       discriminator=discriminator, pose_encoder=pose_encoder,
       pose_decoder=pose_decoder, audio2pose=audio2pose, audio2kp=audio2kp,
-      use_depth=use_depth,
+      ip_lap_landmark=landmark, ip_lap_renderer=renderer,
+      ip_lap_img_size=img_size, use_depth=use_depth,
       frame_shape=frame_shape)  # type: ignore[arg-type]
+
+
+def _build_ip_lap(section: Any) -> tuple[Any, Any, int]:
+  """IP_LAP's landmark generator and renderer from ``ip_lap_params``."""
+  p = _plain(section)
+  _check_keys("ip_lap_params", p, _IP_LAP_KEYS)
+  sizes = {k: int(p[k]) for k in ("T", "d_model", "nlayers", "nhead",
+                                  "dim_feedforward")}
+  if sizes["d_model"] != ip_lap_landmark.EMBED_DIM:
+    raise ConfigError(f"ip_lap_params.d_model is {sizes['d_model']}; IP_LAP's "
+                      f"landmark generator only works with "
+                      f"{ip_lap_landmark.EMBED_DIM}")
+  if sizes["d_model"] % max(sizes["nhead"], 1) or min(sizes.values()) < 1:
+    raise ConfigError(f"ip_lap_params: T, nlayers, nhead, dim_feedforward must "
+                      f"be positive and nhead divide d_model; got {sizes}")
+  if int(p["mel_step"]) != 16:
+    raise ConfigError(f"ip_lap_params.mel_step is {p['mel_step']}; the mel "
+                      "encoders reduce 80 x 16 chunks to 1 x 1 (16 only)")
+  img_size = int(p["img_size"])
+  if img_size < 8 or img_size % 4:
+    raise ConfigError(f"ip_lap_params.img_size is {img_size}; expected a "
+                      "multiple of 4 (the renderer halves it twice)")
+  for key in ("Nl", "N", "fps"):
+    if not float(p[key]) > 0:
+      raise ConfigError(f"ip_lap_params.{key} must be positive, got {p[key]}")
+  return (ip_lap_landmark.LandmarkGenerator(**sizes),
+          ip_lap_renderer.Renderer(), img_size)
 
 
 # --------------------------------------------------------------------------
@@ -248,6 +302,12 @@ def example_inputs(models: Models, batch: int = 1) -> dict[str, tuple]:
     inputs["audio2pose"] = (jnp.zeros(image.shape, image.dtype),
                             jnp.zeros(audio.shape, audio.dtype))
     inputs["audio2kp"] = models.audio2kp.dummy_inputs(batch)
+  if models.ip_lap_landmark is not None:
+    inputs["ip_lap_landmark"] = ip_lap_landmark.dummy_inputs(
+        models.ip_lap_landmark, batch=batch)
+    inputs["ip_lap_renderer"] = ip_lap_renderer.example_inputs(
+        batch, num_sketches=models.ip_lap_landmark.T,
+        image_size=models.ip_lap_img_size)
   return inputs
 
 

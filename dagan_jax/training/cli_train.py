@@ -1,9 +1,11 @@
-"""``dagan-jax train``: train from a config file (talking head or depth stage).
+"""``dagan-jax train``: train from a config file (talking head, depth stage,
+or Audio2Head's speech networks).
 
   dagan-jax train --config configs/X.py --workdir DIR [--config.a.b=V ...]
 
 The config's ``trainer`` key picks the trainer (``talking_head`` for DaGAN /
-DaGAN++, ``depth`` for the face depth network). A workdir that already has
+DaGAN++, ``depth`` for the face depth network, ``audio2kp`` / ``audio2pose``
+for Audio2Head's speech networks over a trained renderer). A workdir that already has
 checkpoints is resumed from its latest one. Overrides use dotted paths into
 the config (``--config.train_params.batch_size=8``); an unknown key is an
 error. Multi-host: run one process per host with ``--coordinator``,
@@ -62,6 +64,14 @@ def run(args: argparse.Namespace) -> int:
   cfg = config_lib.load_config(args.config, args.extra_args)
   if cfg.trainer == "depth":
     from dagan_jax.training import depth as trainer  # pylint: disable=import-outside-toplevel
+  elif cfg.trainer == "audio2kp":
+    from dagan_jax.training import audio2kp as trainer  # pylint: disable=import-outside-toplevel
+  elif cfg.trainer == "audio2pose":
+    from dagan_jax.training import audio2pose as trainer  # pylint: disable=import-outside-toplevel
+  elif cfg.trainer == "ip_lap_landmark":
+    from dagan_jax.training import ip_lap_landmark as trainer  # pylint: disable=import-outside-toplevel
+  elif cfg.trainer == "ip_lap_renderer":
+    from dagan_jax.training import ip_lap_renderer as trainer  # pylint: disable=import-outside-toplevel
   else:
     from dagan_jax.training import talking_head as trainer  # pylint: disable=import-outside-toplevel
   summary = trainer.train_and_evaluate(cfg, args.workdir, max_steps=args.max_steps,
