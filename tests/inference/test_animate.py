@@ -128,7 +128,7 @@ def test_one_trace_for_many_batches_and_padding_is_harmless(loaded):
   config, variables = loaded
   A._COMPILED.clear()   # count from a fresh trace (the compile is disk-cached)
   anim = A.Animator(config, variables, batch_size=4)
-  assert anim.traces == {"source": 0, "keypoints": 0, "drive": 0}
+  assert anim.traces == {"source": 0, "keypoints": 0, "drive": 0, "render": 0}
   frames = face_clip(7, 11)
   anim.prepare_source(face_clip(1, 1)[0])
   kp0 = anim.keypoints(frames[:1])
@@ -136,7 +136,7 @@ def test_one_trace_for_many_batches_and_padding_is_harmless(loaded):
   again = anim.drive(frames[:6])       # 4 + 2 (padded)
   tail = anim.drive(frames[4:8], kp_driving_initial=kp0)   # one batch
   absolute = anim.drive(frames, relative=False)   # same program, other mode
-  assert anim.traces == {"source": 1, "keypoints": 1, "drive": 1}
+  assert anim.traces == {"source": 1, "keypoints": 1, "drive": 1, "render": 0}
   assert not np.allclose(absolute.kp_norm, whole.kp_norm)
   # A second Animator of the same config reuses the compiled programs.
   other = A.Animator(config, variables, batch_size=4)
