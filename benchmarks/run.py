@@ -27,6 +27,23 @@ Rows (each runs in its own subprocess, so that its peak RSS is its own):
   the row's process runs with that C allocator (:mod:`dagan_jax.allocator`;
   the other rows use ``--allocator``, default what the ``dagan-jax`` command
   picks on this machine).
+* ``speak:MODEL:B`` (``MODEL`` of :data:`SPEAK_MODELS`: ``audio2head``, the
+  released sizes; ``audio2head-tiny`` for tests): Audio2Head's speech ->
+  talking head through :class:`dagan_jax.inference.speak.Speaker`, render
+  batch B, random weights. A step is the steady-state work of ``seq_len /
+  2`` output frames (32 at the released sizes: what each audio2kp window
+  adds in the official loop): audio2pose on those frames' speech blocks
+  (its image ResNet included), their pose boxes, one audio2kp window,
+  rendering the frames from the keypoints (source encoded once per step) --
+  the step ``benchmarks/official_ab.py`` times against the official code
+  (its docstring says why this is the fair unit). frames/s = frames per step
+  / median step, real-time factor = frames/s / 25 (seconds of video made
+  per second), each stage's median apart; compile time = the first step
+  less the median one. Then ``speak()`` end to end on the Audio2Head
+  fixture's sentence (speech features with the model's pitch tracker
+  included; its second call, the first compiles audio2pose for that
+  length; ``--tiny``: its first half second): ``speak_realtime_x``. Speech
+  blocks and face: the fixture's (:func:`benchmarks.official_ab.speak_inputs`).
 * ``profile-inference:MODEL:B`` / ``profile-training:MODEL:B``: where the
   time goes (:mod:`benchmarks.breakdown`).
 * ``speech-prep``: what ``dagan-jax data prepare`` costs, stage by stage, on
@@ -75,6 +92,37 @@ MODELS = {
               "label": "smoke (64x64, narrow; tests only)"},
 }
 
+#: Speech-driven models of the ``speak:`` rows: a config dict factory
+#: (``kernels`` -> dict) and a label.
+SPEAK_MODELS = {
+    "audio2head": {"label": "Audio2Head 256x256 (released sizes, 10 kp, seq_len 64)"},
+    "audio2head-tiny": {"label": "Audio2Head 256x256 at test widths (tests only)"},
+}
+#: Networks a Speaker loads.
+SPEAK_NETWORKS = ("audio2pose", "audio2kp", "kp_detector", "generator")
+
+
+def speak_config(model: str, kernels: str = "auto"):
+  """The ConfigDict of speak row model ``model`` (see :data:`SPEAK_MODELS`):
+  :func:`dagan_jax.config.audio2head_config`, or for ``audio2head-tiny``
+  the same at test widths (256x256 frames, which Speaker needs; 4
+  keypoints, 8-frame windows)."""
+  from dagan_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  if model not in SPEAK_MODELS:
+    raise ValueError(f"unknown speak model {model!r}; expected one of "
+                     f"{sorted(SPEAK_MODELS)}")
+  d = config_lib.audio2head_config()
+  if model == "audio2head-tiny":
+    config_lib.toy_model(d, frame=256, num_kp=4)
+    a2h = d["audio2head_params"]
+    a2h["audio2kp"].update({"block_expansion": 8, "max_features": 32,
+                            "num_blocks": 3, "seq_len": 8, "num_kp": 4})
+    if "audio2pose" in a2h:
+      a2h["audio2pose"] = {"embedding_dim": 32, "blocks": [1, 1, 1, 1]}
+  d.setdefault("compute", {})["kernels"] = kernels
+  return config_lib.from_dict(d)
+
+
 #: The official PyTorch DaGAN on these machines (2 threads, float32,
 #: vox-adv-256 with 15 kp, random weights), from
 #: ../shared/fixtures/README.md: the yardstick of the ratio columns.
@@ -109,7 +157,8 @@ FULL_ROWS = (
        for b in (2, 8)]
     + ["input:dagan256:2", "input:dagan256:8",
        "profile-inference:dagan256:1", "profile-training:dagan256:2",
-       "speech-prep"])
+       "speech-prep", "speak:audio2head:1", "speak:audio2head:8",
+       "speak:audio2head:32"])
 QUICK_ROWS = ["peak", "inference:dagan256:1", "inference:dagan256:16",
               "training:dagan256:2", "training:dagan256:8"]
 
@@ -234,6 +283,81 @@ def _inference_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, An
   out["frames_per_s_best"] = batch / out["min_s"]
   pred = np.asarray(compiled(*args)["prediction"])
   out["prediction_finite"] = bool(np.isfinite(pred).all())
+  return out
+
+
+def _speak_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any]:
+  import jax  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from benchmarks import official_ab  # pylint: disable=import-outside-toplevel
+  from dagan_jax.face.pose_boxes import pose_boxes  # pylint: disable=import-outside-toplevel
+  from dagan_jax.inference.speak import FPS, Speaker  # pylint: disable=import-outside-toplevel
+  from dagan_jax.models import build  # pylint: disable=import-outside-toplevel
+  variant = opts.get("variant", "")
+  kernels = "xla" if variant == "xla" else "auto"
+  cfg = speak_config(model, kernels)
+  models = build.build_models(cfg)
+  variables = build.init_variables(models, jax.random.key(0), names=SPEAK_NETWORKS)
+  speaker = Speaker(cfg, variables, batch_size=batch)
+  frames = speaker.seq_len // 2
+  image, blocks = official_ab.speak_inputs(frames, speaker.seq_len)
+  blocks = blocks[:frames]
+  stages: dict[str, list[float]] = {"audio2pose": [], "pose boxes": [],
+                                    "audio2kp (one window)": [], "render": []}
+  held: dict[str, Any] = {}
+
+  def step():
+    t0 = time.perf_counter()
+    poses = speaker.poses(image, blocks)
+    t1 = time.perf_counter()
+    boxes = pose_boxes(poses[:, :3], poses[:, 3:])
+    t2 = time.perf_counter()
+    value, jac = speaker.keypoints(image, blocks, boxes)
+    t3 = time.perf_counter()
+    held["frames"] = speaker.render(image, value, jac)
+    t4 = time.perf_counter()
+    for name, s in zip(stages, (t1 - t0, t2 - t1, t3 - t2, t4 - t3)):
+      stages[name].append(s)
+
+  out: dict[str, Any] = {"kernels": kernels, "frames_per_step": frames,
+                         "seq_len": speaker.seq_len, "window_batch": speaker.window_batch,
+                         "pitch_tracker": speaker.pitch_tracker}
+  first = _timed_once(step)
+  for v in stages.values():
+    v.clear()
+  if opts.get("compile_only"):
+    out.update({"first_step_s": first, "skipped": "compiled only (--compile-only): "
+                "the first step (compile included), no timing"})
+    return out
+  budget = float(opts.get("max_row_seconds", 1800))
+  out.update(common.time_calls(step, min_calls=int(opts.get("min_calls", 3)),
+                               min_seconds=float(opts.get("min_seconds", 5)),
+                               max_seconds=budget / 3))
+  out["first_step_s"] = first
+  out["compile_s"] = max(0.0, first - out["median_s"])
+  out["s_per_frame"] = out["median_s"] / frames
+  out["frames_per_s"] = frames / out["median_s"]
+  out["frames_per_s_best"] = frames / out["min_s"]
+  out["realtime_x"] = out["frames_per_s"] / FPS
+  # The timed calls only (time_calls' warm-up call is in the lists first).
+  n = len(out["times_s"])
+  out["stages_s_per_frame"] = {name: float(np.median(v[-n:])) / frames
+                               for name, v in stages.items()}
+  out["prediction_finite"] = bool(np.isfinite(held["frames"]).all())
+  # End to end: speech features + every network on a real sentence.
+  samples = official_ab.speak_samples()
+  if samples is not None:
+    if opts.get("tiny"):   # half a second: 12 frames
+      samples = samples[:8000]
+    jax.block_until_ready(speaker.speak(image, samples))   # compiles audio2pose for T
+    t = time.perf_counter()
+    spoken = speaker.speak(image, samples)
+    wall = time.perf_counter() - t
+    out.update({"speak_samples": len(samples),
+                "speak_seconds_of_speech": len(samples) / 16000,
+                "speak_frames": len(spoken.frames), "speak_s": wall,
+                "speak_realtime_x": len(spoken.frames) / FPS / wall})
   return out
 
 
@@ -517,6 +641,8 @@ def run_worker(row: str, opts: dict[str, Any]) -> dict[str, Any]:
       out.update(_training_row(model, batch, opts))
     elif kind == "input":
       out.update(_input_row(model, batch, opts))
+    elif kind == "speak":
+      out.update(_speak_row(model, batch, opts))
     elif kind in ("profile-inference", "profile-training"):
       out.update(_profile_row(kind, model, batch, opts))
     else:
@@ -627,7 +753,7 @@ def _status(r: dict[str, Any]) -> str | None:
 
 def _label(r: dict[str, Any]) -> str:
   model = r.get("model", r.get("row", "?"))
-  label = MODELS.get(model, {}).get("label", model)
+  label = MODELS.get(model, SPEAK_MODELS.get(model, {})).get("label", model)
   return label + (f" [{r['variant']}]" if r.get("variant") else "")
 
 
@@ -721,6 +847,34 @@ def markdown_report(report: dict[str, Any]) -> str:
           f"{_achieved(r)} | "
           f"{_memory_cells(r)} | "
           f"{r.get('perceptual_backbone', '-')} | {_load(r)} |")
+    lines.append("")
+  sp = [r for r in res if r.get("kind") == "speak"]
+  if sp:
+    lines += ["**Speech -> talking head** (`Speaker`: per step, audio2pose on "
+              "the step's speech, pose boxes, one audio2kp window, the "
+              "window's frames rendered with the source encoded once; "
+              "frames/s = frames per step / median step; x real time = "
+              "frames/s / 25; `speak()` = a whole call on the fixture's "
+              "sentence, speech features included)", "",
+              "| model | batch | frames/s | s/frame (median / best) | x real time | "
+              "audio2pose / boxes / audio2kp / render s/frame | compile s | "
+              "speak() x real time | peak RSS | load |",
+              "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sp:
+      label = _label(r)
+      st = _status(r)
+      if st:
+        lines.append(f"| {label} | {r.get('batch', '-')} | {st} | | | | "
+                     f"{_fmt(r.get('compile_s'), '.0f')} | | "
+                     f"{common.human_bytes(r.get('peak_rss_bytes'))} | {_load(r)} |")
+        continue
+      parts = " / ".join(f"{v:.3f}" for v in r["stages_s_per_frame"].values())
+      lines.append(
+          f"| {label} | {r['batch']} | {r['frames_per_s']:.3g} | "
+          f"{r['s_per_frame']:.3g} / {r['min_s'] / r['frames_per_step']:.3g} | "
+          f"{r['realtime_x']:.2f} | {parts} | {r['compile_s']:.0f} | "
+          f"{_fmt(r.get('speak_realtime_x'), '.2f')} | "
+          f"{common.human_bytes(r.get('peak_rss_bytes'))} | {_load(r)} |")
     lines.append("")
   ip = [r for r in res if r.get("kind") == "input"]
   if ip:

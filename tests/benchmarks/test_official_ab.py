@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 
+import numpy as np
 import pytest
 
 from benchmarks import official_ab
@@ -74,3 +75,34 @@ def test_alternate_starts_each_worker_with_its_environment(tmp_path):
 def test_contender_allocators_are_checked():
   with pytest.raises(SystemExit):
     official_ab.main(["a=ours-train:50@bogus", "b=ours-train:50"])
+
+
+def test_speak_contenders_are_checked():
+  with pytest.raises(ValueError, match="wangsuzhen/Audio2Head"):
+    official_ab.worker_command("official-speak", None, None)
+  with pytest.raises(ValueError, match="grad or nograd|grad\\|:nograd"):
+    official_ab.worker_command("official-speak", "fast", "/nowhere")
+  for bad in ("gpu", "auto/0", "auto/x"):
+    with pytest.raises(ValueError, match="ours-speak"):
+      official_ab.worker_command("ours-speak", bad, None)
+  cmd = official_ab.worker_command("ours-speak", "xla/16", None)
+  assert cmd[-4:] == ["--worker", "ours-speak", "--worker-arg", "xla/16"]
+  cmd = official_ab.worker_command("official-speak", "nograd", "/a2h")
+  assert cmd[-6:] == ["--worker", "official-speak", "--worker-arg", "nograd",
+                      "--official-dir", "/a2h"]
+
+
+def test_speak_inputs_are_the_fixtures_face_and_speech(a2h_npz):
+  image, blocks = official_ab.speak_inputs(32, 64)
+  assert image.shape == (256, 256, 3) and image.dtype == "float32"
+  assert image.min() >= 0 and image.max() <= 1
+  np.testing.assert_array_equal(image * 255, a2h_npz["source/image_uint8"])
+  # seq_len blocks for one window, the fixture's own first (T = 92 >= 64).
+  assert blocks.shape == (64, 4, 41)
+  np.testing.assert_array_equal(blocks, a2h_npz["audio/blocks"][:64])
+  # A longer window than the fixture's speech repeats it.
+  _, long = official_ab.speak_inputs(32, 128)
+  t = len(a2h_npz["audio/blocks"])
+  assert long.shape == (128, 4, 41)
+  np.testing.assert_array_equal(long[t:], a2h_npz["audio/blocks"][:128 - t])
+  np.testing.assert_array_equal(official_ab.speak_samples(), a2h_npz["audio/wav_int16"])

@@ -124,3 +124,38 @@ def test_a_row_killed_before_it_reports_still_renders(tmp_path):
   assert "| smoke (64x64, narrow; tests only) | 1 |" in text
   with pytest.raises(SystemExit):
     run.main(["--render", "--json", str(tmp_path / "missing.json")])
+
+
+def test_speak_row_times_the_speaker(tmp_path):
+  """speak:MODEL:B runs Speaker's steady-state step (audio2pose, boxes, one
+  audio2kp window, the window's frames) and a whole speak() on the
+  Audio2Head fixture's sentence; the table places it, and a row that died
+  still renders."""
+  out, md = tmp_path / "bench.json", tmp_path / "BENCH.md"
+  assert run.main(["--tiny", "--in-process", "--rows", "speak:audio2head-tiny:2",
+                   "--json", str(out), "--markdown", str(md), "--section", "t"]) == 0
+  report = json.loads(out.read_text())
+  (r,) = report["results"]
+  assert r["kind"] == "speak" and "error" not in r, r.get("error")
+  # seq_len 8 at test widths: 4 frames per step, rendered 2 at a time.
+  assert (r["seq_len"], r["frames_per_step"], r["batch"]) == (8, 4, 2)
+  assert r["frames_per_s"] == pytest.approx(4 / r["median_s"])
+  assert r["realtime_x"] == pytest.approx(r["frames_per_s"] / 25)
+  assert r["s_per_frame"] == pytest.approx(r["median_s"] / 4)
+  assert list(r["stages_s_per_frame"]) == ["audio2pose", "pose boxes",
+                                           "audio2kp (one window)", "render"]
+  assert all(v > 0 for v in r["stages_s_per_frame"].values())
+  assert r["compile_s"] >= 0 and r["first_step_s"] >= r["min_s"]
+  assert r["prediction_finite"]
+  # --tiny: the first half second of the fixture's sentence, 49 feature
+  # rows of 10 ms -> 12 frames (one per 4 rows).
+  assert r["speak_samples"] == 8000 and r["speak_frames"] == 12
+  assert r["speak_realtime_x"] == pytest.approx(12 / 25 / r["speak_s"])
+  text = md.read_text()
+  assert "**Speech -> talking head**" in text
+  assert "| Audio2Head 256x256 at test widths (tests only) | 2 |" in text
+  report["results"].append(run._failed_row("speak:audio2head:8", "exit -9: "))
+  assert ("| Audio2Head 256x256 (released sizes, 10 kp, seq_len 64) | 8 | "
+          "error: exit -9: |") in run.markdown_report(report)
+  with pytest.raises(ValueError, match="unknown speak model"):
+    run.speak_config("audio3head")
