@@ -18,6 +18,8 @@ from __future__ import annotations
 
 import os
 
+import numpy as np
+
 from dagan_jax.audio import io as audio_io
 from dagan_jax.errors import DataError
 
@@ -48,19 +50,22 @@ def audio_source(clip_path: str | os.PathLike) -> str | None:
 
 
 def check_clip_audio(clip_path: str | os.PathLike, num_frames: int,
-                     fps: float | None) -> str | None:
+                     fps: float | None, samples: np.ndarray | None = None) -> str | None:
   """What is wrong with the clip's sound, or None: no sound at all, sound
   that cannot be decoded, or audio and video lengths (``num_frames`` at
   ``fps``, 25 when the clip has no rate) that differ by more than one
-  frame."""
+  frame. ``samples``: the clip's sound when the caller has already decoded
+  it (16 kHz, :func:`dagan_jax.audio.io.read_speech`), so that it is not
+  decoded twice."""
   source = audio_source(clip_path)
   if source is None:
     return (f"no sound: no audio stream and no sidecar "
             f"{os.path.basename(sidecar_path(clip_path))}")
-  try:
-    samples = audio_io.read_speech(source)
-  except DataError as e:
-    return str(e)
+  if samples is None:
+    try:
+      samples = audio_io.read_speech(source)
+    except DataError as e:
+      return str(e)
   rate = float(fps or DEFAULT_FPS)
   audio_s = samples.size / float(audio_io.SAMPLE_RATE)
   video_s = num_frames / rate

@@ -7,6 +7,11 @@
   :func:`dagan_jax.input.pairs.read_pairs_csv`).
 * :mod:`.evaluator`: ``evaluate_reconstruction``, ``evaluate_pairs``,
   ``write_report``.
+* :mod:`.speech`: the ``speech`` protocol (Audio2Head's ``Speaker``);
+  :mod:`.dubbing`: the ``dubbing`` protocol (IP_LAP's ``Dubber``).
+* :mod:`.fid`: FID from pytorch-fid's local Inception file;
+  :mod:`.syncnet`: LSE-C / LSE-D from SyncNet's local weights (both
+  networks in ``models/``, their converters in ``convert/``).
 * :mod:`.cli_evaluate`: the ``dagan-jax evaluate`` command and
   :func:`~.cli_evaluate.evaluate`, the protocols run with a checkpoint
   (an :class:`~dagan_jax.inference.animate.Animator`).

@@ -1,9 +1,10 @@
 """``dagan-jax evaluate``: score a checkpoint on a test set.
 
   dagan-jax evaluate --checkpoint DIR --data ROOT
-      --protocol reconstruction|pairs|cross-id [--pairs CSV] [--out report.json]
+      --protocol reconstruction|pairs|cross-id|speech|dubbing [--pairs CSV] [--out report.json]
       [--metrics l1,psnr,...] [--landmark-model SPEC] [--identity-model SPEC]
       [--chunk-size N] [--batch-size N] [--num-videos N] [--max-frames N]
+      [--syncnet syncnet_v2.model] [--fid-inception pt_inception.pth]
 
 Protocols (:mod:`dagan_jax.evaluation.evaluator` says what is compared with
 what):
@@ -14,7 +15,14 @@ what):
 * ``speech``: a speech-driven model (``dagan-jax convert --audio2head`` or
   trained) on the clips with sound of ``ROOT/<split>``: keypoints against
   the detector, reconstruction with real head poses, head-motion statistics
-  and weight-free lip sync (:mod:`dagan_jax.evaluation.speech`).
+  and weight-free lip sync (:mod:`dagan_jax.evaluation.speech`); LSE-C/D
+  with ``--syncnet`` (:mod:`dagan_jax.evaluation.syncnet`).
+* ``dubbing``: an IP_LAP model (``dagan-jax convert --ip-lap-landmark``) on
+  the clips with sound of ``ROOT/<split>``, each dubbed with its own speech
+  onto itself (IP_LAP's reconstruction setting): PSNR / SSIM / LPIPS of the
+  whole frame and of the lower half of the face crop, mouth-landmark
+  distance and weight-free lip sync (:mod:`dagan_jax.evaluation.dubbing`);
+  LSE-C/D with ``--syncnet``, FID with ``--fid-inception``.
 * ``pairs`` / ``cross-id``: the rows of a DaGAN pair list (``--pairs``; this
   project ships ``data/vox_mini_test_pairs.csv`` and
   ``data/vox_mini_test_cross_id_pairs.csv`` for ``vox_mini``). Motion
@@ -36,7 +44,7 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable, Iterator, Sequence
 
-PROTOCOLS = ("reconstruction", "pairs", "cross-id", "speech")
+PROTOCOLS = ("reconstruction", "pairs", "cross-id", "speech", "dubbing")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -50,7 +58,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "as FOMM's preprocessing writes it)")
   parser.add_argument("--protocol", choices=PROTOCOLS, default="reconstruction",
                       help="reconstruction (default), pairs (same identity, "
-                           "ground truth = driving) or cross-id (no ground truth)")
+                           "ground truth = driving), cross-id (no ground truth), "
+                           "speech (Audio2Head) or dubbing (IP_LAP)")
   parser.add_argument("--pairs", default=None,
                       help="pair list in DaGAN's CSV format (needed for pairs / "
                            "cross-id), e.g. data/vox_mini_test_pairs.csv")
@@ -78,10 +87,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
   parser.add_argument("--batch-size", type=int, default=8,
                       help="frames per compiled generator call (default 8)")
   parser.add_argument("--num-videos", type=int, default=None,
-                      help="reconstruction: at most this many clips (sorted by name)")
+                      help="reconstruction, speech, dubbing: at most this many "
+                           "clips (sorted by name)")
   parser.add_argument("--max-frames", type=int, default=None,
-                      help="reconstruction: at most this many frames per clip "
-                           "(from the start)")
+                      help="reconstruction, speech, dubbing: at most this many "
+                           "frames per clip (from the start)")
   parser.add_argument("--motion", choices=("auto", "relative", "absolute"),
                       default="auto",
                       help="pairs / cross-id motion (see the command's notes); "
@@ -90,6 +100,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       default=False,
                       help="relative motion: scale by the keypoint hulls' size "
                            "ratio (default off, as the official animate mode)")
+  parser.add_argument("--syncnet", default=None, metavar="PATH",
+                      help="SyncNet's weights (syncnet_v2.model of "
+                           "joonson/syncnet_python; needs torch to read): the "
+                           "speech and dubbing protocols then report LSE-C / LSE-D")
+  parser.add_argument("--fid-inception", default=None, metavar="PATH",
+                      help="pytorch-fid's Inception weights "
+                           "(pt_inception-2015-12-05-6726825d.pth; needs torch "
+                           "to read): the dubbing protocol then reports FID")
   parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -249,20 +267,59 @@ def _run_speech(args: argparse.Namespace) -> int:
   from dagan_jax.evaluation import evaluator as E  # pylint: disable=import-outside-toplevel
   from dagan_jax.evaluation import speech  # pylint: disable=import-outside-toplevel
   from dagan_jax.inference.speak import Speaker  # pylint: disable=import-outside-toplevel
+  syncnet = None
+  if args.syncnet:
+    from dagan_jax.evaluation import syncnet as syncnet_lib  # pylint: disable=import-outside-toplevel
+    syncnet = syncnet_lib.load(args.syncnet)
   speaker = Speaker.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
   bar = tqdm(unit="video", desc="evaluate speech", disable=args.no_progress,
              file=sys.stderr)
   report = speech.evaluate_speech(speaker, args.data, split=args.split,
                                   num_videos=args.num_videos,
                                   max_frames=args.max_frames,
-                                  progress=lambda name: bar.update(1))
+                                  progress=lambda name: bar.update(1),
+                                  syncnet=syncnet)
   bar.close()
   report["settings"]["checkpoint"] = str(args.checkpoint)
   lines = [f"protocol speech: {len(report['per_video'])} videos, "
            f"{report['generated_frames']} frames"]
   lines += [f"  {k:<22}{v:>12.4f}" for k, v in report["mean"].items()]
-  lines += ["skipped:"] + [f"  {k}: {v}" for k, v in report["skipped"].items()]
+  if report["skipped"]:
+    lines += ["skipped:"] + [f"  {k}: {v}" for k, v in report["skipped"].items()]
   print("\n".join(lines))
+  if args.out:
+    E.write_report(args.out, report)
+    print(f"report written to {args.out}")
+  return 0
+
+
+def _run_dubbing(args: argparse.Namespace) -> int:
+  import sys  # pylint: disable=import-outside-toplevel
+
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+
+  from dagan_jax.evaluation import dubbing  # pylint: disable=import-outside-toplevel
+  from dagan_jax.evaluation import evaluator as E  # pylint: disable=import-outside-toplevel
+  from dagan_jax.inference.dub import Dubber  # pylint: disable=import-outside-toplevel
+  # Weight files first: a wrong path fails before any dubbing.
+  syncnet = fid_model = None
+  if args.syncnet:
+    from dagan_jax.evaluation import syncnet as syncnet_lib  # pylint: disable=import-outside-toplevel
+    syncnet = syncnet_lib.load(args.syncnet)
+  if args.fid_inception:
+    from dagan_jax.evaluation import fid  # pylint: disable=import-outside-toplevel
+    fid_model = fid.load(args.fid_inception)
+  dubber = Dubber.from_checkpoint(args.checkpoint, batch_size=args.batch_size)
+  bar = tqdm(unit="video", desc="evaluate dubbing", disable=args.no_progress,
+             file=sys.stderr)
+  report = dubbing.evaluate_dubbing(dubber, args.data, split=args.split,
+                                    num_videos=args.num_videos,
+                                    max_frames=args.max_frames,
+                                    progress=lambda name: bar.update(1),
+                                    syncnet=syncnet, fid_model=fid_model)
+  bar.close()
+  report["settings"]["checkpoint"] = str(args.checkpoint)
+  print(dubbing.format_report(report))
   if args.out:
     E.write_report(args.out, report)
     print(f"report written to {args.out}")
@@ -274,6 +331,8 @@ def run(args: argparse.Namespace) -> int:
 
   if args.protocol == "speech":
     return _run_speech(args)
+  if args.protocol == "dubbing":
+    return _run_dubbing(args)
 
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
 

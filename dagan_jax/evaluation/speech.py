@@ -24,9 +24,13 @@ the clip's length. Metrics per clip, then their mean over clips:
   between mouth opening (face mesh) and speech energy at the best lag within
   +-15 frames, its lag and confidence, on the generated video
   (``sync_gen_*``) and on the real one (``sync_real_*``).
-* **LSE-C / LSE-D** need SyncNet's weights, which cannot be had offline and
-  which this package does not implement yet: always listed under
-  ``skipped`` with that reason.
+* **LSE-C / LSE-D** (:mod:`dagan_jax.evaluation.syncnet`), given SyncNet's
+  weights (``syncnet=``, ``--syncnet syncnet_v2.model``): of the generated
+  video with the speech (``lse_c``, ``lse_d``, ``lse_offset``) and of the
+  real clip (``real_lse_*``), on crops around our face mesh's boxes (not
+  S3FD's: comparable between methods scored here, not with published
+  tables); NaN for a clip shorter than 21 frames or without a face.
+  Without weights both are listed under ``skipped`` with that reason.
 """
 
 from __future__ import annotations
@@ -39,6 +43,8 @@ import numpy as np
 from dagan_jax.errors import DataError
 
 FRAME = 256
+LSE_SKIPPED = {"lse_c": "needs SyncNet weights: --syncnet syncnet_v2.model",
+               "lse_d": "needs SyncNet weights: --syncnet syncnet_v2.model"}
 
 
 def _motion_stats(poses: np.ndarray, prefix: str) -> dict[str, float]:
@@ -64,9 +70,27 @@ def _sync(points: np.ndarray, samples: np.ndarray, fps: float, prefix: str
           f"{prefix}_confidence": float(est.confidence)}
 
 
+def lse_scores(syncnet, frames: np.ndarray, points: np.ndarray,
+               samples: np.ndarray, fps: float, prefix: str) -> dict[str, float]:
+  """``{prefix}_c``, ``_d``, ``_offset`` of a video with its sound, cropped
+  around the face mesh ``points``; NaN when the video is too short for
+  LSE or has no face (:meth:`~dagan_jax.evaluation.syncnet.SyncNetScorer.lse`)."""
+  from dagan_jax.evaluation import syncnet as syncnet_lib  # pylint: disable=import-outside-toplevel
+  from dagan_jax.face import crop  # pylint: disable=import-outside-toplevel
+  boxes = crop.mesh_boxes(points)
+  frames_25 = len(syncnet_lib.resample_to_25(len(frames), fps))
+  if (min(frames_25, len(samples) // syncnet_lib.SAMPLES_PER_FRAME) < syncnet.min_frames
+      or not np.isfinite(boxes).all(axis=1).any()):
+    return {f"{prefix}_{k}": float("nan") for k in ("c", "d", "offset")}
+  r = syncnet.lse(frames, samples, fps=fps, boxes=boxes, where=prefix)
+  return {f"{prefix}_c": r["lse_c"], f"{prefix}_d": r["lse_d"],
+          f"{prefix}_offset": float(r["offset"])}
+
+
 def evaluate_clip(speaker, path: str, *, max_frames: int | None = None,
-                  mesh=None) -> dict[str, float]:
-  """The metrics of one clip (module docstring)."""
+                  mesh=None, syncnet=None) -> dict[str, float]:
+  """The metrics of one clip (module docstring); LSE with ``syncnet`` (a
+  :class:`~dagan_jax.evaluation.syncnet.SyncNetScorer`)."""
   import jax  # pylint: disable=import-outside-toplevel
 
   from dagan_jax.audio import io as audio_io  # pylint: disable=import-outside-toplevel
@@ -129,14 +153,19 @@ def evaluate_clip(speaker, path: str, *, max_frames: int | None = None,
   gen = mesh(spoken.frames[:t])
   out.update(_sync(gen.points, samples, 25.0, "sync_gen"))
   out.update(_sync(res.points, samples, fps, "sync_real"))
+  if syncnet is not None:
+    out.update(lse_scores(syncnet, spoken.frames[:t], gen.points, samples, 25.0, "lse"))
+    out.update(lse_scores(syncnet, frames, res.points, samples, fps, "real_lse"))
   return out
 
 
 def evaluate_speech(speaker, root: str, *, split: str = "test",
                     num_videos: int | None = None, max_frames: int | None = None,
-                    progress: Callable[[str], None] | None = None) -> dict[str, Any]:
+                    progress: Callable[[str], None] | None = None,
+                    syncnet=None) -> dict[str, Any]:
   """The protocol over ``root/split`` (VoxCeleb layout; clips with sound):
-  ``{'protocol', 'per_video', 'mean', 'skipped', 'settings'}``."""
+  ``{'protocol', 'per_video', 'mean', 'skipped', 'settings'}``; LSE-C/D
+  with ``syncnet`` (:func:`dagan_jax.evaluation.syncnet.load`)."""
   from dagan_jax.face import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
   from dagan_jax.input import clips as clips_lib  # pylint: disable=import-outside-toplevel
   if not mesh_lib.face_available():
@@ -149,7 +178,7 @@ def evaluate_speech(speaker, root: str, *, split: str = "test",
   per_video = {}
   for i, name in enumerate(names):
     per_video[name] = evaluate_clip(speaker, index.path(i), max_frames=max_frames,
-                                    mesh=mesh)
+                                    mesh=mesh, syncnet=syncnet)
     if progress:
       progress(name)
   keys = sorted({k for v in per_video.values() for k in v})
@@ -157,11 +186,14 @@ def evaluate_speech(speaker, root: str, *, split: str = "test",
     values = [x for x in values if np.isfinite(x)]
     return float(np.mean(values)) if values else float("nan")
 
-  # Lip-sync figures are NaN for clips too short to correlate (< 25 frames).
+  # Lip-sync figures are NaN for clips too short to correlate (< 25 frames),
+  # LSE for clips under 21 frames.
   mean = {k: finite_mean([v[k] for v in per_video.values() if k in v]) for k in keys}
+  settings = {"root": root, "split": split, "pitch_tracker": speaker.pitch_tracker}
+  if syncnet is not None:
+    settings.update(syncnet=str(syncnet.source),
+                    lse_crops="face mesh boxes (not S3FD)")
   return {"protocol": "speech", "per_video": per_video, "mean": mean,
           "metrics": keys, "generated_frames": int(sum(v["frames"] for v in per_video.values())),
-          "skipped": {"lse_c": "needs SyncNet's weights (not available offline; "
-                               "SyncNet is not implemented in this package yet)",
-                      "lse_d": "as lse_c"},
-          "settings": {"root": root, "split": split, "pitch_tracker": speaker.pitch_tracker}}
+          "skipped": {} if syncnet is not None else dict(LSE_SKIPPED),
+          "settings": settings}

@@ -179,16 +179,26 @@ def check_dataset(root: str | os.PathLike, layout: str = "vox", *,
         return str(e)
       if not audio:
         return None
+      from dagan_jax.audio import io as audio_io  # pylint: disable=import-outside-toplevel
       from dagan_jax.audio import sources, sync  # pylint: disable=import-outside-toplevel
       from dagan_jax.input import clip_faces  # pylint: disable=import-outside-toplevel
-      err = sources.check_clip_audio(sel.path(cid), clip.num_frames, clip.fps)
+      # The sound is decoded once, for the length check and the lip sync.
+      source = sources.audio_source(sel.path(cid))
+      samples = None
+      if source is not None:
+        try:
+          samples = audio_io.read_speech(source)
+        except DataError as e:
+          return str(e)
+      err = sources.check_clip_audio(sel.path(cid), clip.num_frames, clip.fps,
+                                     samples=samples)
       if err or not sync_ok:
         return err
       if not hasattr(meshes, "mesh"):
         from dagan_jax.face import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
         meshes.mesh = mesh_lib.FaceMesh()
       try:
-        est = clip_faces.clip_offset(sel.path(cid), meshes.mesh)
+        est = clip_faces.clip_offset(sel.path(cid), meshes.mesh, samples=samples)
       except DataError as e:
         return str(e)
       sr.offsets[clip.name] = (int(est.offset), float(est.confidence))

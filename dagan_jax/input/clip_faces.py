@@ -31,14 +31,16 @@ def mesh_clip(path: str | os.PathLike, mesh: mesh_lib.FaceMesh | None = None, *,
 
 def clip_offset(clip_path: str | os.PathLike, mesh: mesh_lib.FaceMesh | None = None,
                 *, max_lag: int = sync.MAX_LAG,
-                points: np.ndarray | None = None) -> sync.SyncEstimate:
+                points: np.ndarray | None = None,
+                samples: np.ndarray | None = None) -> sync.SyncEstimate:
   """The audio-visual offset of a clip (:func:`dagan_jax.audio.sync.
   estimate_offset`) from its frames and its sound (its sidecar ``.wav`` or
   its own audio stream).
 
   ``mesh``: the :class:`~dagan_jax.face.mesh.FaceMesh` to run (a new one
   when None); ``points``: the clip's mesh points when already computed
-  (then nothing is meshed). Frames are counted at the clip's frame rate
+  (then nothing is meshed); ``samples``: its sound when already decoded
+  (16 kHz, :func:`dagan_jax.audio.io.read_speech`). Frames are counted at the clip's frame rate
   (25 fps when it has none).
 
   Raises:
@@ -54,7 +56,11 @@ def clip_offset(clip_path: str | os.PathLike, mesh: mesh_lib.FaceMesh | None = N
   fps = float(fps or sources.DEFAULT_FPS)
   if points is None:
     points = mesh_clip(clip_path, mesh).points
-  samples = audio_io.read_speech(source, min_seconds=1.0 / fps)
+  if samples is None:
+    samples = audio_io.read_speech(source, min_seconds=1.0 / fps)
+  elif samples.size < audio_io.SAMPLE_RATE / fps:
+    raise DataError(f"{source}: {samples.size} samples of sound, shorter than "
+                    f"one frame at {fps:g} fps")
   openness = sync.mouth_openness(points)
   energy = sync.speech_energy(samples, openness.size, fps)
   return sync.estimate_offset(openness, energy, max_lag, fps=fps)

@@ -21,13 +21,26 @@ def _wav(path, seconds, rate=16000):
     w.writeframes((3000 * np.sin(2 * np.pi * 220 * t)).astype("<i2").tobytes())
 
 
-def test_talking_face_clips_pass(shared_dir, tmp_path, capsys):
-  rc = cli.main(["data", "check", "--root", str(shared_dir / "data" / "av_mini"),
+def test_talking_face_clips_pass(shared_dir, tmp_path, capsys, monkeypatch):
+  from dagan_jax.audio import io as audio_io
+  decoded = []
+  read_speech = audio_io.read_speech
+
+  def counting(path, *args, **kwargs):
+    decoded.append(str(path))
+    return read_speech(path, *args, **kwargs)
+
+  monkeypatch.setattr(audio_io, "read_speech", counting)
+  root = shared_dir / "data" / "av_mini"
+  rc = cli.main(["data", "check", "--root", str(root),
                  "--layout", "vox", "--audio", "--num-sample-frames", "1",
                  "--cache-dir", str(tmp_path / "c")])
   out = capsys.readouterr().out
   assert rc == 0, out
   assert "OK: no bad files" in out
+  # Each clip's sound is decoded once (length check and lip sync share it).
+  clips = sorted(str(p) for p in root.glob("*/*.mp4"))
+  assert sorted(decoded) == clips
 
 
 def test_clips_without_usable_sound_are_named(shared_dir, tmp_path, capsys):
