@@ -63,15 +63,11 @@ def _run_two_processes(tmp_path, vox_root, workdir, *extra, only=None):
   return [json.loads(pathlib.Path(f"{out}.{i}").read_text()) for i in range(2)]
 
 
-@pytest.mark.slow
-def test_two_processes_match_one(tmp_path, vox_root):
-  workdir = tmp_path / "run"
-  for result in _run_two_processes(tmp_path, vox_root, workdir):
-    assert result["devices"] == 4 and result["trainer_step"] == 2
-
-  # The same two global batches in one process on 4 devices (host 0's rows,
-  # then host 1's, as make_array_from_process_local_data places them), with
-  # the trainer's initial state and step keys.
+def _one_process_metrics(vox_root):
+  """The trainer's first two steps run in one process on 4 devices: the
+  same two global batches (host 0's rows, then host 1's, as
+  make_array_from_process_local_data places them), the trainer's initial
+  state and step keys."""
   cfg = tiny_config(vox_root)
   streams = [iter(pipeline.make_pair_dataset(
       cfg.dataset_params, split="train", seed=int(cfg.seed), batch_size=2,
@@ -85,8 +81,35 @@ def test_two_processes_match_one(tmp_path, vox_root):
   base = jax.random.key(int(cfg.seed) + 1)
   keys = [jax.random.fold_in(base, i) for i in range(2)]
   metrics, _ = run_steps(cfg, jax.devices()[:4], batches, keys=keys)
+  return metrics
+
+
+@pytest.mark.slow
+def test_two_processes_match_one_stop_together_and_resume(tmp_path, vox_root):
+  """Two processes train as one 4-device cluster: their logged steps equal
+  one process on 4 devices. A SIGTERM to one of them (a preempted host)
+  makes both save the same step and stop cleanly; a restart resumes from
+  that step. (One test, so that the suite pays for two cluster runs, not
+  three.)"""
+  workdir = tmp_path / "run"
+  results = _run_two_processes(tmp_path, vox_root, workdir, "--max-steps", "100",
+                               only={1: ["--sigterm-after-step", "1"]})
+  assert all(r["devices"] == 4 for r in results)
+  steps = {r["trainer_step"] for r in results}
+  assert len(steps) == 1, results  # the same step on both hosts
+  stopped = steps.pop()
+  assert 1 < stopped < 100
+  assert [r["signal"] for r in results] == [15, 15]
+  saved = sorted(int(d.name) for d in (workdir / "checkpoints").iterdir()
+                 if d.name.isdigit())
+  assert saved[-1] == stopped, saved
+  # The checkpoint and the model were written jointly by both hosts.
+  assert (workdir / "model" / "variables").is_dir()
+
+  # Steps 1 and 2 of the cluster against one process.
+  metrics = _one_process_metrics(vox_root)
   logged = {r["step"]: r for r in read_metrics(workdir)}
-  assert sorted(logged) == [1, 2]
+  assert sorted(logged) == list(range(1, stopped + 1))
   for k in metrics[0]:
     if k in ("finite", "stop_signal"):
       continue
@@ -97,26 +120,7 @@ def test_two_processes_match_one(tmp_path, vox_root):
     if k not in ("finite", "stop_signal") and not k.startswith("grad_norm"):
       np.testing.assert_allclose(logged[2][k], metrics[1][k], rtol=5e-3,
                                  atol=1e-5, err_msg=k)
-  # The checkpoint and the model were written jointly by both hosts.
-  assert (workdir / "checkpoints" / "2").is_dir()
-  assert (workdir / "model" / "variables").is_dir()
 
-
-@pytest.mark.slow
-def test_sigterm_on_one_host_stops_both_at_the_same_step(tmp_path, vox_root):
-  """A SIGTERM to one of two processes (a preempted host) makes both save
-  the same step and stop cleanly; a restart resumes from that step."""
-  workdir = tmp_path / "run"
-  results = _run_two_processes(tmp_path, vox_root, workdir, "--max-steps", "100",
-                               only={1: ["--sigterm-after-step", "1"]})
-  steps = {r["trainer_step"] for r in results}
-  assert len(steps) == 1, results  # the same step on both hosts
-  stopped = steps.pop()
-  assert 1 < stopped < 100
-  assert [r["signal"] for r in results] == [15, 15]
-  saved = sorted(int(d.name) for d in (workdir / "checkpoints").iterdir()
-                 if d.name.isdigit())
-  assert saved[-1] == stopped, saved
   resumed = _run_two_processes(tmp_path, vox_root, workdir, "--max-steps",
                                str(stopped + 1))
   for r in resumed:
