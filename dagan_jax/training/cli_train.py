@@ -1,11 +1,13 @@
 """``dagan-jax train``: train from a config file (talking head, depth stage,
-or Audio2Head's speech networks).
+Audio2Head's speech networks, or IP_LAP's two stages).
 
   dagan-jax train --config configs/X.py --workdir DIR [--config.a.b=V ...]
 
 The config's ``trainer`` key picks the trainer (``talking_head`` for DaGAN /
 DaGAN++, ``depth`` for the face depth network, ``audio2kp`` / ``audio2pose``
-for Audio2Head's speech networks over a trained renderer). A workdir that already has
+for Audio2Head's speech networks over a trained renderer,
+``ip_lap_landmark`` / ``ip_lap_renderer`` for IP_LAP's landmark generator and
+renderer). A workdir that already has
 checkpoints is resumed from its latest one. Overrides use dotted paths into
 the config (``--config.train_params.batch_size=8``); an unknown key is an
 error. Multi-host: run one process per host with ``--coordinator``,
