@@ -29,8 +29,12 @@ speak` loads:
       --config.train_params.prepared_dir=/tmp/a2h_pose/prepared \
       --config.train_params.speech_model=/tmp/a2h_pose
 
-`dagan-jax speak` itself needs a 256x256 renderer: use
-configs/audio2head_vox256.py (or a renderer of your own) for real models.
+`dagan-jax speak --checkpoint /tmp/a2h_kp` then speaks with it: a renderer
+of any frame size works (the speech networks keep Audio2Head's 256x256
+camera; frames come out at the renderer's size). `dagan-jax demo speak`
+runs all of this over a briefly trained 64x64 DaGAN on data/speech_sample.
+For real models use configs/audio2head_vox256.py (or a renderer of your
+own).
 
 Expect (measured on the 2-core CPU machine while other jobs ran, load
 4-16, one device): the audio2pose run takes about 4 minutes (random

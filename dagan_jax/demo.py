@@ -3,6 +3,9 @@ with the project, with nothing downloaded.
 
   dagan-jax demo [--out demo_out] [--steps N] [--checkpoint DIR]
 
+(``dagan-jax demo speak`` and ``dagan-jax demo dub`` are the speech-driven
+demos: :mod:`dagan_jax.demo_speech`.)
+
 Stages (each with progress shown):
 
 1. **train** (skipped with ``--checkpoint``): ``configs/smoke.py`` (DaGAN at
@@ -81,6 +84,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                            "(default: all)")
   parser.add_argument("--no-progress", action="store_true",
                       help="no progress bars")
+  # The speech-driven demos, as sub-words; without one this is the DaGAN demo.
+  from dagan_jax import demo_speech  # pylint: disable=import-outside-toplevel
+  demo_speech.add_arguments(parser.add_subparsers(
+      dest="demo_command", metavar="{speak,dub}",
+      title="speech-driven demos (dagan-jax demo speak|dub --help)"))
 
 
 def _find(path: str | None, default: pathlib.Path, what: str) -> pathlib.Path:
@@ -182,6 +190,9 @@ def train(config, workdir: pathlib.Path, *, steps: int, depth_steps: int,
 
 
 def run(args: argparse.Namespace) -> int:
+  if getattr(args, "demo_command", None):
+    from dagan_jax import demo_speech  # pylint: disable=import-outside-toplevel
+    return demo_speech.run(args)
   import sys  # pylint: disable=import-outside-toplevel
   import time  # pylint: disable=import-outside-toplevel
 

@@ -5,10 +5,11 @@
       [--batch-size N] [--side-by-side]
 
 MODEL is a model directory with Audio2Head's speech networks (``dagan-jax
-convert --audio2head``). The speech is any audio or video file; the video is
-25 fps, one frame per 40 ms of speech, with the speech muxed in (``.mp4``);
-``.npy`` or a folder of PNG frames get the frames only. See
-:mod:`dagan_jax.inference.speak`.
+convert --audio2head``, or the model/ of a speech-network training run). The
+speech is any audio or video file; the video is 25 fps, one frame per 40 ms
+of speech, at the renderer's frame size (256 x 256 for the released model),
+with the speech muxed in (``.mp4``); ``.npy`` or a folder of PNG frames get
+the frames only. See :mod:`dagan_jax.inference.speak`.
 """
 
 from __future__ import annotations
@@ -22,8 +23,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                       help="model directory with audio2pose / audio2kp and a "
                            "generator (dagan-jax convert --audio2head)")
   parser.add_argument("--source", required=True,
-                      help="the face: an image (any size, resized to 256x256), "
-                           "or a video whose --source-frame is used")
+                      help="the face: an image (any size, resized to 256x256 "
+                           "for the speech networks and to the renderer's frame "
+                           "size), or a video whose --source-frame is used")
   parser.add_argument("--source-frame", type=int, default=0)
   parser.add_argument("--audio", required=True,
                       help="speech: .wav/.flac/.mp3/.m4a or a video's sound")
@@ -92,13 +94,11 @@ def run(args: argparse.Namespace) -> int:
   else:
     A.notice(out, "not a video file: frames only, without the speech")
     A.write_frames(out, result.frames, result.fps)
-  n = len(result.frames)
-  print(f"wrote {out} ({n} frames, {result.fps:g} fps, {n / result.fps:.2f} s); "
-        f"{n / took:.2f} frames/s including compilation")
+  n, h, w = result.frames.shape[:3]
+  print(f"wrote {out} ({n} frames, {w}x{h}, {result.fps:g} fps, "
+        f"{n / result.fps:.2f} s); {n / took:.2f} frames/s including compilation")
   if args.side_by_side:
-    boxes = np.repeat(result.boxes[:n, :, :, None] / 255.0, 3, axis=-1)
-    sbs = np.concatenate([np.broadcast_to(source, result.frames.shape), boxes,
-                          result.frames], axis=2)
+    sbs = S.side_by_side(source, result)
     path = A.side_by_side_path(out)
     if str(path).lower().endswith((".mp4", ".mov", ".mkv")):
       media.write_video(path, sbs, result.fps, audio=samples)

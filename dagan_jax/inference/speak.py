@@ -24,6 +24,20 @@ inference runs it, with the same numbers:
    official code) or, with ``relative``, as motion relative to the first
    frame added to the source's keypoints.
 
+**Renderer size.** The speech networks live in Audio2Head's fixed 256 x 256
+camera (pose boxes, audio2kp's identity input), and the keypoints are
+normalised (x, y) in [-1, 1], so a renderer of any frame size can be
+driven. The source is given at 256 x 256; the renderer gets it resized to
+its own frame size (:func:`~dagan_jax.inference.animate.resize_frames`,
+area interpolation when shrinking: anti-aliased), and the frames come out
+at that size. With a renderer of another size than 256 the speech networks
+see the source as their trainers showed it to them
+(:mod:`dagan_jax.training.audio2pose`, :mod:`dagan_jax.training.audio2kp`),
+which read the prepared crops at the renderer's size: audio2pose the
+renderer-size image itself, audio2kp that image enlarged bilinearly to
+256 x 256 (:func:`source_views`). For a 256 x 256 renderer (the released
+model) all three are the source as given.
+
 Windows and frames go through fixed-size batches (the last one padded), so
 speech of any length compiles each function once.
 """
@@ -43,14 +57,17 @@ FPS = 25.0
 #: The shortest speech that gives a frame: 4 rows of 25 ms windows every
 #: 10 ms (python_speech_features zero-pads the last window).
 MIN_SAMPLES = 400 + 2 * 160 + 1
+#: Audio2Head's image size: the source, the pose boxes, audio2kp's identity.
+A2H_SIZE = 256
 
 
 @dataclasses.dataclass
 class Speech:
   """What :meth:`Speaker.speak` made: ``frames`` (T, H, W, 3) float32 in
-  [0, 1]; ``kp_value`` (T, K, 2) and ``kp_jacobian`` (T, K, 2, 2) the
-  predicted keypoints; ``poses`` (T + 1, 6) rotation + translation;
-  ``boxes`` (T + 1, 256, 256) the pose boxes; ``pitch_tracker``."""
+  [0, 1] at the renderer's frame size; ``kp_value`` (T, K, 2) and
+  ``kp_jacobian`` (T, K, 2, 2) the predicted keypoints; ``poses`` (T + 1,
+  6) rotation + translation; ``boxes`` (T + 1, 256, 256) the pose boxes;
+  ``pitch_tracker``."""
   frames: np.ndarray
   kp_value: np.ndarray
   kp_jacobian: np.ndarray
@@ -58,6 +75,35 @@ class Speech:
   boxes: np.ndarray
   pitch_tracker: str
   fps: float = FPS
+
+
+@dataclasses.dataclass
+class SourceViews:
+  """The one source image as each network takes it (module docstring):
+  ``render`` (H, W, 3) at the renderer's frame size, ``pose`` audio2pose's
+  image, ``identity`` (256, 256, 3) audio2kp's."""
+  render: np.ndarray
+  pose: np.ndarray
+  identity: np.ndarray
+
+
+def source_views(image: np.ndarray, frame_hw: tuple[int, int],
+                   where: str = "source") -> SourceViews:
+  """:class:`SourceViews` of a (256, 256, 3) float source for a renderer of
+  ``frame_hw``: all three the source itself at 256 x 256; otherwise the
+  renderer's view anti-aliased to its size, which audio2pose also reads,
+  and audio2kp's the renderer's view enlarged bilinearly back to 256 (as
+  :func:`dagan_jax.training.audio2kp.identity_image` in training)."""
+  import jax  # pylint: disable=import-outside-toplevel
+
+  from dagan_jax.inference.animate import resize_frames  # pylint: disable=import-outside-toplevel
+  hw = (int(frame_hw[0]), int(frame_hw[1]))
+  if hw == (A2H_SIZE, A2H_SIZE):
+    return SourceViews(image, image, image)
+  small = resize_frames(image[None], hw, where=where)[0]
+  big = np.asarray(jax.image.resize(small, (A2H_SIZE, A2H_SIZE, 3), "bilinear"),
+                   np.float32)
+  return SourceViews(small, small, big)
 
 
 def _resample_poses(poses: np.ndarray, n: int) -> np.ndarray:
@@ -73,7 +119,8 @@ class Speaker:
 
   ``config`` must have ``audio2head_params``; ``variables`` hold
   ``audio2pose``, ``audio2kp``, ``kp_detector`` and ``generator`` (and the
-  depth network when the renderer is a DaGAN one).
+  depth network when the renderer is a DaGAN one). The renderer may have
+  any frame size (``frame_hw``; module docstring).
   """
 
   def __init__(self, config: Any, variables: Mapping[str, Any], *,
@@ -100,9 +147,7 @@ class Speaker:
     models = self.compiled.models
     self.models = models
     self.seq_len = int(models.audio2kp.seq_len)
-    if tuple(models.frame_shape[:2]) != (256, 256):
-      raise ConfigError(f"Audio2Head works on 256x256 frames; the config says "
-                        f"{list(models.frame_shape)}")
+    self.frame_hw = (int(models.frame_shape[0]), int(models.frame_shape[1]))
     jit = lambda f: compute.jit(  # noqa: E731
         f, kernels=str(config["compute"]["kernels"]), inference=True)
     self.pose_fn = jit(lambda v, image, audio: models.audio2pose.apply(v, image, audio))
@@ -134,7 +179,8 @@ class Speaker:
     return blocks
 
   def poses(self, image: np.ndarray, blocks: np.ndarray) -> np.ndarray:
-    """(T + 1, 6) de-normalised poses predicted from the image and speech."""
+    """(T + 1, 6) de-normalised poses predicted from audio2pose's view of
+    the source (:class:`SourceViews` ``pose``) and the speech."""
     import jax  # pylint: disable=import-outside-toplevel
 
     from dagan_jax.models.audio2pose import denormalize_pose  # pylint: disable=import-outside-toplevel
@@ -146,7 +192,9 @@ class Speaker:
   def keypoints(self, image: np.ndarray, blocks: np.ndarray, boxes: np.ndarray,
                 progress: Callable[[int], None] | None = None
                 ) -> tuple[np.ndarray, np.ndarray]:
-    """Stitched (T, K, 2) keypoints and (T, K, 2, 2) Jacobians."""
+    """Stitched (T, K, 2) keypoints and (T, K, 2, 2) Jacobians from
+    audio2kp's (256, 256, 3) view of the source (:class:`SourceViews`
+    ``identity``), the speech blocks and the (T + 1, 256, 256) pose boxes."""
     import jax  # pylint: disable=import-outside-toplevel
 
     from dagan_jax.models import audio2kp  # pylint: disable=import-outside-toplevel
@@ -175,7 +223,8 @@ class Speaker:
   def render(self, image: np.ndarray, kp_value: np.ndarray, kp_jacobian: np.ndarray,
              *, relative: bool = False,
              progress: Callable[[int], None] | None = None) -> np.ndarray:
-    """(T, H, W, 3) frames from driving keypoints, source encoded once."""
+    """(T, H, W, 3) frames from driving keypoints, source encoded once;
+    ``image`` at the renderer's frame size (:class:`SourceViews` ``render``)."""
     import jax  # pylint: disable=import-outside-toplevel
     import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
     c = self.compiled
@@ -202,18 +251,21 @@ class Speaker:
             where: str = "speech", progress: Callable[[str, int, int], None] | None = None
             ) -> Speech:
     """The talking head of ``image`` (256, 256, 3) float in [0, 1] saying
-    16 kHz int16 ``samples``. ``pose``: ``'predicted'``, ``'still'`` or an
-    array (T', 6) of poses (e.g. :func:`poses_from_video`)."""
+    16 kHz int16 ``samples``: frames at the renderer's frame size, one per
+    40 ms of speech. ``pose``: ``'predicted'``, ``'still'`` or an array
+    (T', 6) of poses (e.g. :func:`poses_from_video`)."""
     from dagan_jax.face.pose_boxes import pose_boxes  # pylint: disable=import-outside-toplevel
     image = np.asarray(image, np.float32)
-    if image.shape != (256, 256, 3):
-      raise DataError(f"source image must be 256x256 RGB here, got {image.shape}")
+    if image.shape != (A2H_SIZE, A2H_SIZE, 3):
+      raise DataError(f"source image must be {A2H_SIZE}x{A2H_SIZE} RGB here "
+                      f"(Audio2Head's camera), got {image.shape}")
+    views = source_views(image, self.frame_hw)
     blocks = self.features(samples, where)
     t = len(blocks)
     if isinstance(pose, str) and pose == "predicted":
-      poses = self.poses(image, blocks)
+      poses = self.poses(views.pose, blocks)
     elif isinstance(pose, str) and pose == "still":
-      poses = np.repeat(self.poses(image, blocks[:1])[:1], t + 1, axis=0)
+      poses = np.repeat(self.poses(views.pose, blocks[:1])[:1], t + 1, axis=0)
     elif isinstance(pose, str):
       raise ConfigError(f"pose is {pose!r}; expected 'predicted', 'still' or poses")
     else:
@@ -222,10 +274,25 @@ class Speaker:
     plan_len = len(range(0, t, self.seq_len // 2))
     step = (lambda what, total: (lambda n: progress(what, n, total))) if progress else (
         lambda what, total: None)
-    value, jac = self.keypoints(image, blocks, boxes, step("windows", plan_len))
-    frames = self.render(image, value, jac, relative=relative,
+    value, jac = self.keypoints(views.identity, blocks, boxes,
+                                step("windows", plan_len))
+    frames = self.render(views.render, value, jac, relative=relative,
                          progress=step("frames", t))
     return Speech(frames, value, jac, poses, boxes, self.pitch_tracker)
+
+
+def side_by_side(source: np.ndarray, speech: Speech) -> np.ndarray:
+  """(T, S, 3S, 3) float: source | pose box | result, S the source's size
+  (256); frames of a smaller renderer are enlarged nearest-neighbour, so
+  their pixels show as they are."""
+  frames = np.asarray(speech.frames, np.float32)
+  t, h, w = frames.shape[:3]
+  s = source.shape[0]
+  if (h, w) != (s, s):
+    frames = frames[:, np.arange(s) * h // s][:, :, np.arange(s) * w // s]
+  boxes = np.repeat(speech.boxes[:t, :, :, None] / 255.0, 3, axis=-1)
+  return np.concatenate([np.broadcast_to(source, frames.shape),
+                         boxes.astype(np.float32), frames], axis=2)
 
 
 def poses_from_video(path: str, mesh=None) -> np.ndarray:
