@@ -34,6 +34,15 @@ Contenders (``NAME=KIND[:ARG][@ALLOCATOR][,VAR=VALUE...]``, any number):
   (:func:`dagan_jax.config.audio2head_config`), random weights
   (``build.init_variables``).
 
+* ``official-dub[:noloss]`` -- the official IP_LAP inference
+  (``inference_single.py``'s loop over windows) for ``DUB_FRAMES`` = 5
+  output frames, see below; ``:noloss`` drops the perceptual losses its
+  renderer computes in every forward (the official code's best case).
+* ``ours-dub[:KERNELS[/BATCH]]`` -- ours, the same work through
+  :class:`dagan_jax.inference.dub.Dubber` (render batch ``BATCH``, default
+  5: the step's frames in one call), released sizes
+  (:func:`dagan_jax.config.ip_lap_config`), random weights.
+
 **The speak step, and why it is the fair unit.** The official loop runs
 audio2pose once over the whole speech, then one audio2kp window of
 ``seq_len`` = 64 frames per ``seq_len / 2`` = 32 output frames, and for each
@@ -70,6 +79,58 @@ patches are those of the fixture maker (``.cuda()`` a no-op, numpy's
 Seconds are per step: divide by 32 for seconds per frame (the driver
 prints both).
 
+**The dub step, and why it is the fair unit.** The official loop makes
+one output frame per window ``b`` of ``T`` = 5 frames ``b .. b + 4``: the
+landmark generator on the window (its mel chunks ``max(0, j - 2)``, the
+frames' pose landmarks, sorted on the way as the loop does, and the 15
+reference landmark sets), the 5 frames' sketches drawn with its
+``draw_landmarks``, then one renderer call on the centre frame's masked
+face, the 5 sketches, the N = 25 reference faces with their sketches and
+the centre mel chunk (the flow network warps all 25 references: most of
+a frame's time), the face quantised to uint8, resized and
+pasted into its template frame, and the pasted frame blended back through
+the face contour. Every output frame is the same work, so the step is
+any run of frames; it is ``DUB_FRAMES`` = 5 consecutive windows (from
+window 20, the fixture's), which lets ours batch what the official code
+runs one at a time -- ours: the 5 windows' landmarks in one call, the
+sketches drawn on the host, the 5 faces rendered ``BATCH`` per call with
+the references sent to the device once per call, each pasted back; the
+same arithmetic, every frame made.
+
+* Both sides read the same inputs (:func:`dub_inputs`): the IP_LAP
+  fixture's real template (IP_LAP's own test clip, 100 frames, 256x256),
+  its MediaPipe face points, crop boxes and reference frames, and the
+  official mel chunks of its speech. The face mesh, the mel, the crops,
+  landmark normalisation and the choice and drawing of the references run
+  once per video and are not in the step on either side.
+* Not in the step on either side: the side-by-side panel and the video
+  writer (the official loop writes sketch | frame; ours writes frames
+  only). The official paste-back runs face_alignment (S3FD + FAN, not
+  installed here) on every frame for a 68-point contour; its worker uses
+  the template's own face outline instead (the 45 oval and eyebrow points
+  of the fixture's mesh, as ours), so the official side is charged less
+  than its real loop.
+* The official renderer's ``forward`` also computes its two perceptual
+  losses (VGG19 on the generated face, the warped reference and the
+  target, at two scales; unused at inference): that is the released
+  inference, so it is in the official step; ``official-dub:noloss`` times
+  it without them.
+
+The official networks are built unmodified at the released sizes
+(``Landmark_generator(T=5, d_model=512, nlayers=4, nhead=4,
+dim_feedforward=1024, dropout=0.1)``, ``Renderer()``) with torch's
+default random initialisation, in eval mode, under ``torch.no_grad`` as
+the script, torch on 2 threads. Its modules import packages inference
+does not use; missing ones are stubbed (``lws``, ``librosa``,
+``mediapipe``'s ``landmark_pb2``) and torchvision's VGG19 is
+:func:`vgg19_stand_in` (the same layers, random weights) when torchvision
+is not installed. ``inference_single.py`` itself cannot be imported (it
+is a script that runs the whole inference at import): its worker runs the
+official modules (``models``, ``draw_landmark``) in the script's loop body,
+step by step, reading ``ori_sequence_idx`` from the script's text.
+Seconds are per step: divide by 5 for seconds per frame (the driver
+prints both).
+
 ``@ALLOCATOR`` starts that worker with a C allocator of
 :mod:`dagan_jax.allocator` (``jemalloc``, ``tcmalloc``, ``mimalloc``, ``glibc-thp``,
 ``auto``: what the ``dagan-jax`` command picks here); without it a worker
@@ -84,7 +145,9 @@ The official DaGAN workers need a checkout of harlanhong/CVPR2022-DaGAN
 (``--official-dir``), ``torch`` and ``torchvision``; the speak worker one of
 wangsuzhen/Audio2Head (no licence: it is run, never copied), ``torch``,
 ``pyyaml`` and what its ``inference.py`` imports (python_speech_features,
-pyworld, scipy, scikit-image, opencv, imageio). They run the official
+pyworld, scipy, scikit-image, opencv, imageio); the dub worker one of
+Weizhi-Zhong/IP_LAP (Apache-2.0), ``torch``, ``opencv``, ``scipy`` and
+``tqdm`` (its stubs above for the rest). They run the official
 modules unmodified and patch only what stops them on a CPU machine without
 the authors' files: ``.cuda()`` is a no-op, the depth checkpoints the
 training code loads from fixed paths are replaced by freshly initialised
@@ -96,6 +159,8 @@ threads (as the fixture README's figures).
         --rounds 8 off=official-train:50 ours=ours-train:50
     python benchmarks/official_ab.py --official-dir /tmp/a2h_official \
         --rounds 4 off=official-speak ours=ours-speak
+    python benchmarks/official_ab.py --official-dir /tmp/iplap_official \
+        --rounds 3 off=official-dub ours=ours-dub
 """
 
 from __future__ import annotations
@@ -118,9 +183,11 @@ from dagan_jax import allocator  # noqa: E402  (no JAX import)
 from dagan_jax import config as config_lib  # noqa: E402  (no JAX import)
 
 KINDS = ("official-train", "ours-train", "official-animate", "ours-animate",
-         "official-speak", "ours-speak")
+         "official-speak", "ours-speak", "official-dub", "ours-dub")
 #: Contenders whose step makes SPEAK_FRAMES video frames.
 SPEAK_KINDS = ("official-speak", "ours-speak")
+#: Contenders whose step makes DUB_FRAMES video frames.
+DUB_KINDS = ("official-dub", "ours-dub")
 
 
 # --------------------------------------------------------------------------
@@ -452,6 +519,319 @@ def ours_speak_worker(kernels: str = "auto", batch: int | None = None) -> None:
   _serve(one)
 
 
+# --------------------------------------------------------------------------
+# IP_LAP: visual dubbing (template video + speech -> dubbed video)
+
+#: Output frames in one dub step: one landmark-generator window each, the
+#: windows that start at :data:`DUB_FIRST_WINDOW` (the fixture's window k).
+DUB_FRAMES = 5
+DUB_FIRST_WINDOW = 20
+#: The fixture's template clip (IP_LAP's own test/template_video/129.mp4 as
+#: ``shared/data/vox_mini`` stores it: a folder of 100 PNG frames, 256x256).
+IPLAP_TEMPLATE = ("data", "vox_mini", "test", "id10009#iplap_129#000000#000100.mp4")
+
+
+def _shared_folder() -> str:
+  return os.environ.get("DAGAN_SHARED") or os.path.join(os.path.dirname(REPO), "shared")
+
+
+def iplap_fixture_dir() -> str:
+  """``$DAGAN_IPLAP_FIXTURE``, else ``fixtures/ip_lap_small`` under the
+  shared folder (as the tests find it)."""
+  return os.environ.get("DAGAN_IPLAP_FIXTURE") or os.path.join(
+      _shared_folder(), "fixtures", "ip_lap_small")
+
+
+def dub_inputs() -> dict[str, Any]:
+  """What both dub workers read, from the IP_LAP fixture and its template
+  clip: ``frames_bgr`` (L, H, W, 3) uint8 as cv2 reads them (the official
+  inference reads its template with cv2), ``mesh131`` (L, 131, 2) the
+  fixture's MediaPipe points (image-normalised, ``ori_sequence_idx``
+  order), ``boxes`` (L, 4) its crop boxes ``(y1, y2, x1, x2)``,
+  ``nl_refs`` (15,) and ``img_refs`` (25,) its reference frames, and
+  ``mel_chunks`` (C, 80, 16) float32 the official mel chunks of its speech.
+  Raises :class:`dagan_jax.errors.DataError` naming a missing file."""
+  import glob  # pylint: disable=import-outside-toplevel
+
+  import cv2  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from dagan_jax.errors import DataError  # pylint: disable=import-outside-toplevel
+  npz = os.path.join(iplap_fixture_dir(), "fixture.npz")
+  folder = os.path.join(_shared_folder(), *IPLAP_TEMPLATE)
+  paths = sorted(glob.glob(os.path.join(folder, "*.png")))
+  if not os.path.isfile(npz):
+    raise DataError(f"{npz}: the IP_LAP fixture is missing (set DAGAN_IPLAP_FIXTURE)")
+  if not paths:
+    raise DataError(f"{folder}: no PNG frames (the IP_LAP fixture's template "
+                    "clip; set DAGAN_SHARED)")
+  z = np.load(npz)
+  frames = np.stack([cv2.imread(p) for p in paths])
+  if len(frames) != len(z["frames/mesh131"]):
+    raise DataError(f"{folder}: {len(frames)} frames, but {npz} has face points "
+                    f"for {len(z['frames/mesh131'])}")
+  return {"frames_bgr": frames, "mesh131": z["frames/mesh131"].astype(np.float32),
+          "boxes": z["frames/box_y1y2x1x2"].astype(np.int64),
+          "nl_refs": z["frames/nl_ref_frames"].astype(np.int64),
+          "img_refs": z["frames/ref_img_frames"].astype(np.int64),
+          "mel_chunks": z["audio/mel_chunks"].astype(np.float32)}
+
+
+def _module_or_stub(name: str) -> None:
+  """Imports ``name`` (and its parents), or puts empty modules in their
+  place when it is not installed."""
+  import importlib  # pylint: disable=import-outside-toplevel
+  try:
+    importlib.import_module(name)
+  except ImportError:
+    parts = name.split(".")
+    for i in range(1, len(parts) + 1):
+      full = ".".join(parts[:i])
+      if full not in sys.modules:
+        sys.modules[full] = types.ModuleType(full)
+      if i > 1:
+        setattr(sys.modules[".".join(parts[:i - 1])], parts[i - 1], sys.modules[full])
+
+
+def vgg19_stand_in(torch) -> types.ModuleType:
+  """A ``torchvision`` module whose ``models.vgg19(pretrained=...)`` is
+  VGG19 with torch's default (random) initialisation: ``features``, the
+  layer list torchvision builds (16 3x3 convs with ReLUs, 5 max pools; 37
+  modules, the indices the official ``_vgg19`` names), so the same
+  convolutions run as with the ImageNet weights."""
+  nn = torch.nn
+  widths = (64, 64, "pool", 128, 128, "pool", 256, 256, 256, 256, "pool",
+            512, 512, 512, 512, "pool", 512, 512, 512, 512, "pool")
+
+  def vgg19(pretrained: bool = False, **kwargs):
+    del pretrained, kwargs
+    layers, channels = [], 3
+    for w in widths:
+      if w == "pool":
+        layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+      else:
+        layers += [nn.Conv2d(channels, w, kernel_size=3, padding=1), nn.ReLU(inplace=True)]
+        channels = w
+    net = nn.Module()
+    net.features = nn.Sequential(*layers)
+    return net
+
+  tv = types.ModuleType("torchvision")
+  tv.models = types.ModuleType("torchvision.models")
+  tv.models.vgg19 = vgg19
+  return tv
+
+
+def _import_official_iplap(official_dir: str) -> Any:
+  """torch with the IP_LAP checkout on the path; what its modules import
+  but inference does not use is stubbed when missing: ``lws`` and
+  ``librosa`` (``models/audio.py``: the mel is computed outside the step),
+  ``mediapipe``'s ``landmark_pb2`` (imported, unused, by
+  ``draw_landmark.py``), and torchvision's VGG19 (the renderer's perceptual
+  loss; :func:`vgg19_stand_in` when torchvision is not installed, else
+  built without downloading weights). ``.cuda()`` is a no-op
+  (``Fusion_transformer_encoder`` calls it). Torch uses 2 threads."""
+  sys.path.insert(0, official_dir)
+  os.chdir(official_dir)
+  import torch  # pylint: disable=import-outside-toplevel
+  torch.set_num_threads(2)
+  for name in ("lws", "librosa.filters", "mediapipe.framework.formats.landmark_pb2"):
+    _module_or_stub(name)
+  try:
+    from torchvision import models  # pylint: disable=import-outside-toplevel
+    vgg19 = models.vgg19
+    models.vgg19 = lambda pretrained=False, **kw: vgg19(weights=None)
+  except (ImportError, RuntimeError):
+    tv = vgg19_stand_in(torch)
+    sys.modules["torchvision"], sys.modules["torchvision.models"] = tv, tv.models
+  torch.nn.Module.cuda = lambda self, *a, **kw: self
+  torch.Tensor.cuda = lambda self, *a, **kw: self
+  return torch
+
+
+def _official_sequence(official_dir: str) -> list[int]:
+  """``ori_sequence_idx`` as ``inference_single.py`` writes it (a literal
+  list; the script itself cannot be imported: it runs the whole inference)."""
+  import ast  # pylint: disable=import-outside-toplevel
+  with open(os.path.join(official_dir, "inference_single.py")) as f:
+    tree = ast.parse(f.read())
+  for node in tree.body:
+    if (isinstance(node, ast.Assign) and len(node.targets) == 1
+        and getattr(node.targets[0], "id", None) == "ori_sequence_idx"):
+      return list(ast.literal_eval(node.value))
+  raise ValueError(f"{official_dir}/inference_single.py: no ori_sequence_idx")
+
+
+class _Landmark(dict):
+  """A landmark ``draw_landmarks`` reads by attribute (``idx``, ``x``,
+  ``y``), as the official script's ``LandmarkDict``."""
+
+  def __getattr__(self, name):
+    try:
+      return self[name]
+    except KeyError as err:
+      raise AttributeError(name) from err
+
+
+def official_dub_worker(official_dir: str, losses: bool = True) -> None:
+  """The official ``inference_single.py`` loop body for DUB_FRAMES output
+  frames in steady state (see :func:`ours_dub_worker` for ours).
+  ``losses=False`` replaces the renderer's perceptual-loss module (which
+  its ``forward`` runs at inference too) by one returning 0."""
+  import cv2  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+  torch = _import_official_iplap(official_dir)
+  import draw_landmark  # pylint: disable=import-outside-toplevel,import-error
+  from models import Landmark_generator, Renderer  # pylint: disable=import-outside-toplevel,import-error
+  T, S = 5, 128  # noqa: N806  (the script's T and img_size)
+  torch.manual_seed(0)
+  landmark_net = Landmark_generator(T=T, d_model=512, nlayers=4, nhead=4,
+                                    dim_feedforward=1024, dropout=0.1).eval()
+  renderer = Renderer().eval()
+  if not losses:
+    class NoLoss(torch.nn.Module):
+      def forward(self, *args, **kwargs):  # pylint: disable=unused-argument
+        return torch.zeros(())
+    renderer.perceptual = NoLoss()
+
+  # -- Outside the step, once per video (the script's steps (1)-(3) and its
+  # references), on the fixture's face points instead of MediaPipe.
+  x = dub_inputs()
+  frames, mesh = x["frames_bgr"], x["mesh131"]
+  ori = _official_sequence(official_dir)
+  pose_ids, content_ids = draw_landmark.pose_landmark_idx, draw_landmark.content_landmark_idx
+  full_order = (sorted(ori.index(i) for i in pose_ids)
+                + sorted(ori.index(i) for i in content_ids))
+  spec = draw_landmark.DrawingSpec(thickness=1, circle_radius=1)
+  crops, poses, contents, contours = [], [], [], []
+  h, w = frames.shape[1:3]
+  for f, (frame, box) in enumerate(zip(frames, x["boxes"])):
+    y1, y2, x1, x2 = (int(v) for v in box)
+    crops.append((frame[y1:y2, x1:x2], (y1, y2, x1, x2)))
+    # The script's per-frame lists: (mesh id, x, y) normalised to the box,
+    # in MediaPipe's point order.
+    pts = {i: (w * float(p[0]), h * float(p[1])) for i, p in zip(ori, mesh[f])}
+    norm = lambda i: [i, (pts[i][0] - x1) / (x2 - x1), (pts[i][1] - y1) / (y2 - y1)]  # noqa: E731
+    poses.append([norm(i) for i in sorted(pose_ids)])
+    contents.append([norm(i) for i in sorted(content_ids)])
+    # The paste-back contour: the script asks face_alignment (S3FD + FAN)
+    # for 68 points on every frame; that detector is not in the step, the
+    # template's own face outline is (as ours).
+    contours.append(cv2.convexHull((mesh[f][:45] * [w, h]).astype(np.int32)))
+  order = lambda marks: sorted(marks, key=lambda m: ori.index(m[0]))  # noqa: E731
+  xy = lambda marks: torch.FloatTensor([[m[1] for m in marks], [m[2] for m in marks]])  # noqa: E731
+
+  def sketch(full, crop_hw):
+    ch, cw = crop_hw
+    canvas = np.zeros((int(ch * S / min(ch, cw)), int(cw * S / min(ch, cw)), 3))
+    marks = [_Landmark(idx=ori[full_order[i]], x=full[0, i], y=full[1, i])
+             for i in range(full.shape[1])]
+    canvas = draw_landmark.draw_landmarks(canvas, marks, connections=draw_landmark.FACEMESH_FULL,
+                                          connection_drawing_spec=spec)
+    return cv2.resize(canvas, (S, S))
+
+  nl_pose = torch.stack([xy(order(poses[i])) for i in x["nl_refs"]])[None]
+  nl_content = torch.stack([xy(order(contents[i])) for i in x["nl_refs"]])[None]
+  ref_full = torch.cat([torch.stack([xy(order(poses[i])) for i in x["img_refs"]]),
+                        torch.stack([xy(order(contents[i])) for i in x["img_refs"]])],
+                       dim=2).numpy()
+  ref_sketches = torch.FloatTensor(np.asarray(
+      [sketch(ref_full[k], crops[i][0].shape[:2]) for k, i in enumerate(x["img_refs"])])
+      / 255.0).unsqueeze(0).permute(0, 1, 4, 2, 3)
+  ref_imgs = torch.FloatTensor(np.asarray(
+      [cv2.resize(crops[i][0].copy(), (S, S)) for i in x["img_refs"]])
+      / 255.0).unsqueeze(0).permute(0, 1, 4, 2, 3)
+  mel_chunks = list(x["mel_chunks"])
+  length = len(frames)
+  sequence = list(range(length)) + list(reversed(range(length)))
+  sequence = sequence * ((len(mel_chunks) // length + 2) // 2)
+
+  def one_window(start: int) -> np.ndarray:
+    """The loop body for window ``start``: its output frame."""
+    t_mels, t_faces, t_coords, t_poses, t_frames = [], [], [], [], []
+    for j in range(start, start + T):
+      t_mels.append(mel_chunks[max(0, j - 2)])
+      f = int(sequence[j])
+      face, coords = crops[f]
+      t_faces.append(face)
+      t_coords.append((coords, f))
+      t_poses.append(poses[f])
+      t_frames.append(frames[f].copy())
+    mels = torch.FloatTensor(np.asarray(t_mels)).unsqueeze(1).unsqueeze(0)
+    pose = torch.zeros((T, 2, 74))
+    for i in range(T):
+      pose[i] = xy(order(t_poses[i]))
+    pose = pose.unsqueeze(0)
+    with torch.no_grad():
+      content = landmark_net(mels, pose, nl_pose, nl_content)        # (T, 2, 57)
+    full = torch.cat([pose[0], content], dim=2).cpu().numpy()        # (T, 2, 131)
+    targets = []
+    for i in range(T):
+      # (the script also resizes window frame 2's sketch for its side
+      # panel here; the panel is not in the step)
+      targets.append(torch.FloatTensor(sketch(full[i], t_faces[i].shape[:2])) / 255)
+    targets = torch.stack(targets, dim=0).permute(0, 3, 1, 2).unsqueeze(0)
+    face = torch.FloatTensor(cv2.resize(t_faces[2], (S, S)) / 255).permute(
+        2, 0, 1).unsqueeze(0).unsqueeze(0)
+    with torch.no_grad():
+      generated = renderer(face, targets, ref_imgs, ref_sketches, mels[:, 2].unsqueeze(0))[0]
+    gen = (generated.squeeze(0).permute(1, 2, 0).cpu().numpy() * 255).astype(np.uint8)
+    (y1, y2, x1, x2), f = t_coords[2]
+    background = t_frames[2].copy()
+    t_frames[2][y1:y2, x1:x2] = cv2.resize(gen, (x2 - x1, y2 - y1))
+    # merge_face_contour_only / swap_masked_region on that contour.
+    mask = np.zeros((h, w, 1), np.uint8)
+    cv2.fillConvexPoly(mask, contours[f], 255)
+    mask = np.tile(np.expand_dims(cv2.GaussianBlur(mask, (21, 21), 11) / 255, 2), (1, 1, 3))
+    return (t_frames[2] * mask + background * (1 - mask)).astype(np.uint8)
+
+  def step() -> float:
+    return float(np.mean([one_window(b).mean() for b in
+                          range(DUB_FIRST_WINDOW, DUB_FIRST_WINDOW + DUB_FRAMES)]))
+
+  _serve(step)
+
+
+def ours_dub_setup(dubber) -> tuple[Any, Any, Any, Any]:
+  """Ours outside the step, once per video: ``(template, mel chunks,
+  references, plan of the step's DUB_FRAMES windows)`` from
+  :func:`dub_inputs` (the template's faces from the fixture's points, no
+  face mesh run; the official mel chunks)."""
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from dagan_jax.inference import dub  # pylint: disable=import-outside-toplevel
+  x = dub_inputs()
+  template = dubber.template_from_frames(x["frames_bgr"][..., ::-1].copy(),
+                                         mesh131=x["mesh131"], where="IP_LAP fixture")
+  chunks = x["mel_chunks"]
+  plan = dubber.plan(len(chunks), len(template))
+  refs = dubber.references(template)
+  w = slice(DUB_FIRST_WINDOW, DUB_FIRST_WINDOW + DUB_FRAMES)
+  step_plan = dub.DubPlan(plan.mel_index[w], plan.frame_index[w],
+                          np.arange(DUB_FRAMES), plan.centre)
+  return template, chunks, refs, step_plan
+
+
+def ours_dub_worker(kernels: str = "auto", batch: int | None = None) -> None:
+  """Ours, the same work as :func:`official_dub_worker` through
+  :class:`dagan_jax.inference.dub.Dubber` at the released sizes, random
+  weights (``benchmarks/run.py``'s ``make_dubber('ip-lap')``): the step's
+  windows in one landmark-generator call, its frames rendered ``batch``
+  per call (default DUB_FRAMES: one call), pasted back."""
+  sys.path.insert(0, REPO)
+  from benchmarks import run  # pylint: disable=import-outside-toplevel
+  dubber = run.make_dubber("ip-lap", batch or DUB_FRAMES, kernels)
+  template, chunks, refs, plan = ours_dub_setup(dubber)
+
+  def one() -> float:
+    content = dubber.landmarks(template, chunks, plan, refs)
+    faces, _ = dubber.render(template, chunks, plan, content, refs)
+    return float(dubber.composite(template, plan, faces).mean())
+
+  one()   # compile every function before "ready"
+  _serve(one)
+
+
 def ours_train_worker(layers: int, batch: int, kernels: str = "auto") -> None:
   sys.path.insert(0, REPO)
   import jax  # pylint: disable=import-outside-toplevel
@@ -497,8 +877,8 @@ def worker_command(kind: str, arg: str | None, official_dir: str | None,
   if kind not in KINDS:
     raise ValueError(f"unknown contender kind {kind!r}; expected one of {KINDS}")
   if kind.startswith("official") and not official_dir:
-    checkout = ("wangsuzhen/Audio2Head" if kind == "official-speak"
-                else "harlanhong/CVPR2022-DaGAN")
+    checkout = {"official-speak": "wangsuzhen/Audio2Head",
+                "official-dub": "Weizhi-Zhong/IP_LAP"}.get(kind, "harlanhong/CVPR2022-DaGAN")
     raise ValueError(f"{kind} needs --official-dir (a checkout of {checkout})")
   if kind == "official-speak" and arg not in (None, "grad", "nograd"):
     raise ValueError(f"official-speak:{arg}: expected official-speak[:grad|:nograd]")
@@ -507,6 +887,15 @@ def worker_command(kind: str, arg: str | None, official_dir: str | None,
     if kernels not in ("",) + config_lib.KERNEL_CHOICES or (batch and not (
         batch.isdigit() and int(batch) > 0)):
       raise ValueError(f"ours-speak:{arg}: expected ours-speak[:KERNELS[/BATCH]] "
+                       f"with KERNELS one of {config_lib.KERNEL_CHOICES} and "
+                       "BATCH a positive integer")
+  if kind == "official-dub" and arg not in (None, "losses", "noloss"):
+    raise ValueError(f"official-dub:{arg}: expected official-dub[:losses|:noloss]")
+  if kind == "ours-dub" and arg:
+    kernels, _, batch = arg.partition("/")
+    if kernels not in ("",) + config_lib.KERNEL_CHOICES or (batch and not (
+        batch.isdigit() and int(batch) > 0)):
+      raise ValueError(f"ours-dub:{arg}: expected ours-dub[:KERNELS[/BATCH]] "
                        f"with KERNELS one of {config_lib.KERNEL_CHOICES} and "
                        "BATCH a positive integer")
   script = (os.path.join(os.path.abspath(repo), "benchmarks", "official_ab.py")
@@ -615,6 +1004,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.worker == "ours-speak":
       kernels, _, batch = (args.worker_arg or "auto").partition("/")
       ours_speak_worker(kernels or "auto", int(batch) if batch else None)
+    elif args.worker == "official-dub":
+      if args.worker_arg not in (None, "losses", "noloss"):
+        parser.error(f"official-dub:{args.worker_arg}: expected losses or noloss")
+      official_dub_worker(args.official_dir, losses=args.worker_arg != "noloss")
+    elif args.worker == "ours-dub":
+      kernels, _, batch = (args.worker_arg or "auto").partition("/")
+      ours_dub_worker(kernels or "auto", int(batch) if batch else None)
     else:
       parser.error(f"unknown worker {args.worker!r}")
     return 0
@@ -648,6 +1044,9 @@ def main(argv: Sequence[str] | None = None) -> int:
   result["frames_per_step"] = {
       name: SPEAK_FRAMES for name, spec in contenders.items()
       if spec.split(",")[0].split("@")[0].split(":")[0] in SPEAK_KINDS}
+  result["frames_per_step"].update({
+      name: DUB_FRAMES for name, spec in contenders.items()
+      if spec.split(",")[0].split("@")[0].split(":")[0] in DUB_KINDS})
   for name in result["median_s"]:
     per = result["frames_per_step"].get(name)
     frames = (f" = {result['median_s'][name] / per:.3f} s/frame, "

@@ -44,6 +44,29 @@ Rows (each runs in its own subprocess, so that its peak RSS is its own):
   included; its second call, the first compiles audio2pose for that
   length; ``--tiny``: its first half second): ``speak_realtime_x``. Speech
   blocks and face: the fixture's (:func:`benchmarks.official_ab.speak_inputs`).
+* ``dub:MODEL:B`` (``MODEL`` of :data:`DUB_MODELS`: ``ip-lap``, the
+  released sizes; ``ip-lap-tiny`` for tests): IP_LAP's visual dubbing
+  through :class:`dagan_jax.inference.dub.Dubber`, render batch B, random
+  weights, on the IP_LAP fixture's template frames (their faces from the
+  fixture's face points) and official mel chunks. A step is the work of
+  ``DUB_FRAMES`` = 5 output frames in steady state (in the official loop
+  every output frame is one 5-frame window of the landmark generator and
+  one renderer call with the 25 references): the 5 windows' landmarks in
+  one call, their sketches drawn and faces rendered B per call, each face
+  pasted back into its template frame -- the step
+  ``benchmarks/official_ab.py`` times against the official code (its
+  docstring says why). frames/s, real-time factor at 25 fps, compile time
+  = the first step less the median one, and the median of each stage
+  (landmarks / render / composite) per frame.
+* ``training:MODEL:B`` with ``MODEL`` of :data:`TRAIN_MODELS`: one step of
+  a speech model's trainer instead of the talking head's, random weights
+  and random inputs of its records' shapes, 1 device, timed as the other
+  training rows: ``audio2kp`` and ``audio2pose``
+  (:mod:`dagan_jax.training.audio2kp` / ``audio2pose``, the released sizes
+  of ``configs/audio2head_vox256.py``), ``ip-lap-landmark`` and
+  ``ip-lap-renderer`` (:mod:`dagan_jax.training.ip_lap_landmark` /
+  ``ip_lap_renderer``, ``configs/ip_lap_lrs2.py``; the renderer's full
+  phase with a random VGG19); ``-tiny`` twins for the tests.
 * ``profile-inference:MODEL:B`` / ``profile-training:MODEL:B``: where the
   time goes (:mod:`benchmarks.breakdown`).
 * ``speech-prep``: what ``dagan-jax data prepare`` costs, stage by stage, on
@@ -123,6 +146,65 @@ def speak_config(model: str, kernels: str = "auto"):
   return config_lib.from_dict(d)
 
 
+#: IP_LAP models of the ``dub:`` rows (:func:`dub_config`).
+DUB_MODELS = {
+    "ip-lap": {"label": "IP_LAP 128x128 faces (released sizes: 4-layer "
+                        "landmark Transformer, N = 25 references)"},
+    "ip-lap-tiny": {"label": "IP_LAP at test sizes (1 layer, N = 2; tests only)"},
+}
+
+
+def dub_config(model: str, kernels: str = "auto"):
+  """The ConfigDict of dub row model ``model`` (see :data:`DUB_MODELS`):
+  :func:`dagan_jax.config.ip_lap_config` (the released sizes), or for
+  ``ip-lap-tiny`` one Transformer layer of 2 heads, feed-forward 32, Nl = 3
+  reference landmark sets and N = 2 reference faces (the renderer's widths
+  and 128x128 faces are fixed)."""
+  from dagan_jax import config as config_lib  # pylint: disable=import-outside-toplevel
+  if model not in DUB_MODELS:
+    raise ValueError(f"unknown dub model {model!r}; expected one of "
+                     f"{sorted(DUB_MODELS)}")
+  d = config_lib.ip_lap_config()
+  if model == "ip-lap-tiny":
+    d["ip_lap_params"].update({"nlayers": 1, "nhead": 2, "dim_feedforward": 32,
+                               "Nl": 3, "N": 2})
+  d.setdefault("compute", {})["kernels"] = kernels
+  return config_lib.from_dict(d)
+
+
+#: Speech models of the ``training:`` rows beside :data:`MODELS`: one
+#: training step of each stage's trainer (``stage``), config spec (with
+#: ``overrides``) and label. Each ``-tiny`` twin is for the tests.
+TRAIN_MODELS = {
+    "audio2kp": {"stage": "audio2kp", "config": "configs/audio2head_vox256.py:audio2kp",
+                 "label": "Audio2Head audio2kp (released sizes, 64-frame windows, 15 kp)"},
+    "audio2pose": {"stage": "audio2pose",
+                   "config": "configs/audio2head_vox256.py:audio2pose",
+                   "label": "Audio2Head audio2pose (released sizes, 64-frame windows)"},
+    "ip-lap-landmark": {"stage": "ip-lap-landmark", "config": "configs/ip_lap_lrs2.py:landmark",
+                        "label": "IP_LAP landmark generator (released sizes, T = 5, Nl = 15)"},
+    "ip-lap-renderer": {"stage": "ip-lap-renderer", "config": "configs/ip_lap_lrs2.py:renderer",
+                        "label": "IP_LAP renderer, full phase (128x128, 3 references, "
+                                 "pix2pixHD D 64 wide)"},
+    "audio2kp-tiny": {"stage": "audio2kp", "config": "configs/audio2head_smoke.py:audio2kp",
+                      "label": "audio2kp at smoke sizes (tests only)"},
+    "audio2pose-tiny": {"stage": "audio2pose",
+                        "config": "configs/audio2head_smoke.py:audio2pose",
+                        "label": "audio2pose at smoke sizes (tests only)"},
+    "ip-lap-landmark-tiny": {
+        "stage": "ip-lap-landmark", "config": "configs/ip_lap_smoke.py:landmark",
+        "overrides": {"ip_lap_params.nhead": 2, "ip_lap_params.dim_feedforward": 32,
+                      "ip_lap_params.Nl": 3},
+        "label": "IP_LAP landmark generator at test sizes (tests only)"},
+    "ip-lap-renderer-tiny": {
+        "stage": "ip-lap-renderer", "config": "configs/ip_lap_smoke.py:renderer",
+        "overrides": {"ip_lap_params.img_size": 32, "train_params.num_refs": 1,
+                      "train_params.discriminator.ndf": 8,
+                      "train_params.discriminator.n_layers": 2},
+        "label": "IP_LAP renderer at 32x32 (tests only)"},
+}
+
+
 #: The official PyTorch DaGAN on these machines (2 threads, float32,
 #: vox-adv-256 with 15 kp, random weights), from
 #: ../shared/fixtures/README.md: the yardstick of the ratio columns.
@@ -158,7 +240,9 @@ FULL_ROWS = (
     + ["input:dagan256:2", "input:dagan256:8",
        "profile-inference:dagan256:1", "profile-training:dagan256:2",
        "speech-prep", "speak:audio2head:1", "speak:audio2head:8",
-       "speak:audio2head:32"])
+       "speak:audio2head:32", "dub:ip-lap:1", "dub:ip-lap:5",
+       "training:audio2kp:4", "training:audio2pose:16",
+       "training:ip-lap-landmark:32", "training:ip-lap-renderer:2"])
 QUICK_ROWS = ["peak", "inference:dagan256:1", "inference:dagan256:16",
               "training:dagan256:2", "training:dagan256:8"]
 
@@ -358,6 +442,202 @@ def _speak_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any]:
                 "speak_seconds_of_speech": len(samples) / 16000,
                 "speak_frames": len(spoken.frames), "speak_s": wall,
                 "speak_realtime_x": len(spoken.frames) / FPS / wall})
+  return out
+
+
+def make_dubber(model: str, batch: int, kernels: str = "auto"):
+  """A :class:`~dagan_jax.inference.dub.Dubber` of dub model ``model`` with
+  random weights (:func:`common.random_variables`: no compile), ``batch``
+  frames per render call and the step's ``DUB_FRAMES`` windows per
+  landmark-generator call (one call per step, nothing padded)."""
+  from benchmarks import official_ab  # pylint: disable=import-outside-toplevel
+  from dagan_jax.inference.dub import Dubber  # pylint: disable=import-outside-toplevel
+  from dagan_jax.models import build  # pylint: disable=import-outside-toplevel
+  cfg = dub_config(model, kernels)
+  models = build.build_models(cfg)
+  variables = common.random_variables(build.abstract_variables(
+      models, build.IP_LAP_NETWORKS))
+  return Dubber(cfg, variables, batch_size=batch, window_batch=official_ab.DUB_FRAMES)
+
+
+def _dub_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any]:
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from benchmarks import official_ab  # pylint: disable=import-outside-toplevel
+  variant = opts.get("variant", "")
+  kernels = "xla" if variant == "xla" else "auto"
+  frames = official_ab.DUB_FRAMES
+  dubber = make_dubber(model, batch, kernels)
+  template, chunks, refs, plan = official_ab.ours_dub_setup(dubber)
+  stages: dict[str, list[float]] = {"landmarks": [], "render": [], "composite": []}
+  held: dict[str, Any] = {}
+
+  def step():
+    t0 = time.perf_counter()
+    content = dubber.landmarks(template, chunks, plan, refs)
+    t1 = time.perf_counter()
+    faces, _ = dubber.render(template, chunks, plan, content, refs)
+    t2 = time.perf_counter()
+    held["frames"] = dubber.composite(template, plan, faces)
+    t3 = time.perf_counter()
+    held["faces"] = faces
+    for name, s in zip(stages, (t1 - t0, t2 - t1, t3 - t2)):
+      stages[name].append(s)
+
+  out: dict[str, Any] = {"kernels": kernels, "frames_per_step": frames,
+                         "window_batch": dubber.window_batch,
+                         "references": {"Nl": dubber.Nl, "N": dubber.N},
+                         "landmark_layers": int(dubber.config.ip_lap_params.nlayers)}
+  first = _timed_once(step)
+  for v in stages.values():
+    v.clear()
+  if opts.get("compile_only"):
+    out.update({"first_step_s": first, "skipped": "compiled only (--compile-only): "
+                "the first step (compile included), no timing"})
+    return out
+  budget = float(opts.get("max_row_seconds", 1800))
+  out.update(common.time_calls(step, min_calls=int(opts.get("min_calls", 3)),
+                               min_seconds=float(opts.get("min_seconds", 5)),
+                               max_seconds=budget / 3))
+  out["first_step_s"] = first
+  out["compile_s"] = max(0.0, first - out["median_s"])
+  out["s_per_frame"] = out["median_s"] / frames
+  out["frames_per_s"] = frames / out["median_s"]
+  out["frames_per_s_best"] = frames / out["min_s"]
+  out["realtime_x"] = out["frames_per_s"] / dubber.fps
+  n = len(out["times_s"])   # the timed calls (time_calls' warm-up is first)
+  out["stages_s_per_frame"] = {name: float(np.median(v[-n:])) / frames
+                               for name, v in stages.items()}
+  out["prediction_finite"] = bool(np.isfinite(held["faces"]).all())
+  out["frame_shape"] = list(held["frames"].shape[1:])
+  return out
+
+
+def stage_training_inputs(model: str, batch: int, overrides: dict[str, Any] | None = None
+                          ) -> tuple[Any, Any, Any, tuple[Any, ...], dict[str, Any]]:
+  """One training step of a speech model of :data:`TRAIN_MODELS` on one
+  device, random weights (:func:`common.random_variables`) and random
+  inputs of the shapes its records have: ``(cfg, step, state, rest,
+  info)``; ``step(state, *rest) -> (state, metrics)`` is the trainer's
+  jitted step (it donates the state). The IP_LAP renderer runs its full
+  phase (every loss, the discriminator's update) with a random VGG19 as
+  the perceptual network."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+  import numpy as np  # pylint: disable=import-outside-toplevel
+
+  from dagan_jax.models import build as build_lib  # pylint: disable=import-outside-toplevel
+  from dagan_jax.training import parallel  # pylint: disable=import-outside-toplevel
+  spec = TRAIN_MODELS[model]
+  cfg = common.load_config(spec["config"], {"train_params.batch_size": batch,
+                                            **spec.get("overrides", {}),
+                                            **(overrides or {})})
+  mesh = parallel.make_mesh([jax.devices()[0]])
+  rng = np.random.default_rng(3)
+  uniform = lambda *shape: rng.random(shape, np.float32)  # noqa: E731
+  normal = lambda *shape: rng.standard_normal(shape).astype(np.float32)  # noqa: E731
+  key = jax.random.key(4)
+  info: dict[str, Any] = {}
+  stage = spec["stage"]
+  if stage in ("audio2kp", "audio2pose"):
+    from dagan_jax.training import audio2head  # pylint: disable=import-outside-toplevel
+    from dagan_jax.training import audio2kp as a2k  # pylint: disable=import-outside-toplevel
+    from dagan_jax.training import audio2pose as a2p  # pylint: disable=import-outside-toplevel
+    models = build_lib.build_models(cfg)
+    trainer = a2k if stage == "audio2kp" else a2p
+    task = trainer.make_task(cfg, models, steps_per_epoch=1000)
+    v = common.random_variables(build_lib.abstract_variables(models, (stage,)))[stage]
+    state = audio2head.SpeechState(step=jnp.zeros((), jnp.int32), params=v["params"],
+                                   batch_stats=v.get("batch_stats", {}),
+                                   opt_state=task.optimizer.init(v["params"]))
+    t = trainer.window(cfg)
+    h, w, _ = (int(d) for d in cfg.dataset_params.frame_shape)
+    data = {"a2h_audio": normal(batch, t, 4, 41) * 5,
+            "face_found": np.ones((batch, t), bool)}
+    if stage == "audio2kp":
+      k = int(cfg.audio2head_params.audio2kp.num_kp)
+      s = audio2head.A2H_SIZE
+      data.update({"source": uniform(batch, h, w, 3),
+                   "boxes": (uniform(batch, t, s, s) > 0.95).astype(np.uint8) * 255,
+                   "kp_value": uniform(batch, t, k, 2) * 2 - 1,
+                   "kp_jacobian": normal(batch, t, k, 2, 2)})
+    else:
+      data.update({"image": uniform(batch, h, w, 3),
+                   "pose": a2p.POSE_MIN + uniform(batch, t, 6) * (a2p.POSE_MAX - a2p.POSE_MIN)})
+    step, rest = audio2head.make_train_step(task, mesh), ()
+    info["window"] = t
+  elif stage == "ip-lap-landmark":
+    from dagan_jax.models import ip_lap_landmark as landmark_lib  # pylint: disable=import-outside-toplevel
+    from dagan_jax.training import ip_lap  # pylint: disable=import-outside-toplevel
+    from dagan_jax.training import ip_lap_landmark as lt  # pylint: disable=import-outside-toplevel
+    task = lt.make_task(cfg)
+    v = common.random_variables(landmark_lib.abstract_variables(task.model))
+    state = ip_lap.IPLapState(step=jnp.zeros((), jnp.int32), params={lt.NET: v["params"]},
+                              batch_stats={lt.NET: v["batch_stats"]},
+                              opt_state={lt.NET: task.optimizer.init(v["params"])})
+    ip = cfg.ip_lap_params
+    t, nl = int(ip.T), int(ip.Nl)
+    data = {"mels": normal(batch, t, 80, 16), "pose": uniform(batch, t, 74, 2),
+            "content": uniform(batch, t, 57, 2), "ref_pose": uniform(batch, nl, 74, 2),
+            "ref_content": uniform(batch, nl, 57, 2)}
+    step, rest = lt.make_train_step(task, mesh), (key,)
+    info.update({"T": t, "Nl": nl, "landmark_layers": int(ip.nlayers)})
+  else:
+    from dagan_jax.models import ip_lap_renderer as renderer_lib  # pylint: disable=import-outside-toplevel
+    from dagan_jax.models import vgg as vgg_lib  # pylint: disable=import-outside-toplevel
+    from dagan_jax.training import ip_lap  # pylint: disable=import-outside-toplevel
+    from dagan_jax.training import ip_lap_renderer as rt  # pylint: disable=import-outside-toplevel
+    vgg = vgg_lib.VGGFeatures(arch="vgg19")
+    task = rt.make_task(cfg, steps_per_epoch=1000, vgg=vgg)
+    s, t, r = task.img_size, task.num_sketches, int(cfg.train_params.num_refs)
+    k = jax.random.key(0)
+    r_vars = common.random_variables(jax.eval_shape(
+        task.renderer.init, k, *renderer_lib.example_inputs(1, 1, t, s)))
+    d_vars = common.random_variables(jax.eval_shape(
+        task.discriminator.init, k, jnp.zeros((1, s, s, 3), jnp.float32)), seed=1)
+    vgg_vars = common.random_variables(jax.eval_shape(
+        vgg.init, k, jnp.zeros((1, 32, 32, 3), jnp.float32)), seed=2)
+    params = {rt.NET: r_vars["params"], rt.DISC: d_vars["params"]}
+    state = ip_lap.IPLapState(
+        step=jnp.zeros((), jnp.int32), params=params,
+        batch_stats={rt.NET: r_vars["batch_stats"]},
+        opt_state={rt.NET: task.optimizer.init(params[rt.NET]),
+                   rt.DISC: task.optimizer_d.init(params[rt.DISC])})
+    data = {"face": uniform(batch, s, s, 3), "sketches": uniform(batch, t, s, s, 3),
+            "ref_faces": uniform(batch, r, s, s, 3),
+            "ref_sketches": uniform(batch, r, s, s, 3), "mel": normal(batch, 80, 16)}
+    step = rt.make_steps(task, mesh)["full"]
+    rest = (key, parallel.replicate(vgg_vars, mesh))
+    info.update({"img_size": s, "num_refs": r, "perceptual_backbone":
+                 "vgg19 (random weights)", "phase": "full"})
+  state = parallel.replicate(state, mesh)
+  return cfg, step, state, (parallel.global_batch(data, mesh),) + rest, info
+
+
+def _stage_training_row(model: str, batch: int, opts: dict[str, Any]) -> dict[str, Any]:
+  import jax  # pylint: disable=import-outside-toplevel
+
+  variant = opts.get("variant", "")
+  overrides = {"compute.kernels": "xla"} if variant == "xla" else {}
+  cfg, step, state, rest, info = stage_training_inputs(model, batch, overrides)
+  t = time.perf_counter()
+  compiled = step.lower(state, *rest).compile(
+      compiler_options=VARIANT_COMPILER_OPTIONS.get(variant))
+  out: dict[str, Any] = {"compile_s": time.perf_counter() - t,
+                         "stage": TRAIN_MODELS[model]["stage"],
+                         "kernels": str(cfg.compute.kernels), **info}
+  holder = {"state": state, "metrics": None}
+
+  def one_step():
+    holder["state"], holder["metrics"] = compiled(holder["state"], *rest)
+    jax.block_until_ready(holder["metrics"])
+
+  if not _cost_and_time(compiled, one_step, opts, out, "step"):
+    return out
+  out["s_per_step"] = out["median_s"]
+  out["samples_per_s"] = batch / out["median_s"]
+  metrics = {k: float(v) for k, v in jax.device_get(holder["metrics"]).items()}
+  out["step_finite"] = metrics.get("finite", 0.0) == 1.0
   return out
 
 
@@ -637,12 +917,16 @@ def run_worker(row: str, opts: dict[str, Any]) -> dict[str, Any]:
     out.update({"model": model, "batch": batch, "variant": opts.get("variant", "")})
     if kind == "inference":
       out.update(_inference_row(model, batch, opts))
+    elif kind == "training" and model in TRAIN_MODELS:
+      out.update(_stage_training_row(model, batch, opts))
     elif kind == "training":
       out.update(_training_row(model, batch, opts))
     elif kind == "input":
       out.update(_input_row(model, batch, opts))
     elif kind == "speak":
       out.update(_speak_row(model, batch, opts))
+    elif kind == "dub":
+      out.update(_dub_row(model, batch, opts))
     elif kind in ("profile-inference", "profile-training"):
       out.update(_profile_row(kind, model, batch, opts))
     else:
@@ -753,7 +1037,8 @@ def _status(r: dict[str, Any]) -> str | None:
 
 def _label(r: dict[str, Any]) -> str:
   model = r.get("model", r.get("row", "?"))
-  label = MODELS.get(model, SPEAK_MODELS.get(model, {})).get("label", model)
+  known = {**MODELS, **SPEAK_MODELS, **DUB_MODELS, **TRAIN_MODELS}
+  label = known.get(model, {}).get("label", model)
   return label + (f" [{r['variant']}]" if r.get("variant") else "")
 
 
@@ -820,7 +1105,8 @@ def markdown_report(report: dict[str, Any]) -> str:
           f"{_achieved(r)} | "
           f"{_memory_cells(r)} | {_load(r)} |")
     lines.append("")
-  tr = [r for r in res if r.get("kind") == "training"]
+  tr = [r for r in res if r.get("kind") == "training"
+        and r.get("model") not in TRAIN_MODELS]
   if tr:
     lines += ["**Training** (full step: G + kp detector update with perceptual "
               "pyramid, GAN, feature matching, equivariance; then D update; "
@@ -875,6 +1161,58 @@ def markdown_report(report: dict[str, Any]) -> str:
           f"{r['realtime_x']:.2f} | {parts} | {r['compile_s']:.0f} | "
           f"{_fmt(r.get('speak_realtime_x'), '.2f')} | "
           f"{common.human_bytes(r.get('peak_rss_bytes'))} | {_load(r)} |")
+    lines.append("")
+  dub = [r for r in res if r.get("kind") == "dub"]
+  if dub:
+    lines += ["**Visual dubbing** (`Dubber`: per step, 5 output frames = 5 "
+              "windows of the landmark generator in one call, their frames "
+              "rendered B per call with the references sent once, pasted "
+              "back; frames/s = 5 / median step; x real time = frames/s / "
+              "25; face mesh and mel are outside the step)", "",
+              "| model | batch | frames/s | s/frame (median / best) | x real time | "
+              "landmarks / render / composite s/frame | compile s | peak RSS | load |",
+              "|---|---|---|---|---|---|---|---|---|"]
+    for r in dub:
+      label = _label(r)
+      st = _status(r)
+      if st:
+        lines.append(f"| {label} | {r.get('batch', '-')} | {st} | | | | "
+                     f"{_fmt(r.get('compile_s'), '.0f')} | "
+                     f"{common.human_bytes(r.get('peak_rss_bytes'))} | {_load(r)} |")
+        continue
+      parts = " / ".join(f"{v:.3f}" for v in r["stages_s_per_frame"].values())
+      lines.append(
+          f"| {label} | {r['batch']} | {r['frames_per_s']:.3g} | "
+          f"{r['s_per_frame']:.3g} / {r['min_s'] / r['frames_per_step']:.3g} | "
+          f"{r['realtime_x']:.3f} | {parts} | {r['compile_s']:.0f} | "
+          f"{common.human_bytes(r.get('peak_rss_bytes'))} | {_load(r)} |")
+    lines.append("")
+  st_rows = [r for r in res if r.get("kind") == "training"
+             and r.get("model") in TRAIN_MODELS]
+  if st_rows:
+    lines += ["**Training the speech models** (one step of each stage's "
+              "trainer, random weights and inputs, 1 device: audio2kp / "
+              "audio2pose Adam steps; IP_LAP's landmark generator with "
+              "dropout; IP_LAP's renderer in its full phase: VGG19 "
+              "perceptual pyramid with the Gram term, LSGAN and feature "
+              "matching, then the discriminator's update)", "",
+              "| model | batch | s/step (median / best) | samples/s | compile s | "
+              "GFLOP/step | achieved GFLOP/s (% peak) | compiled peak | peak RSS | "
+              "load |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in st_rows:
+      label = _label(r)
+      st = _status(r)
+      if st:
+        lines.append(f"| {label} | {r.get('batch', '-')} | {st} | | "
+                     f"{_fmt(r.get('compile_s'), '.0f')} | "
+                     f"{_fmt(r.get('gflop_per_step'), '.0f')} | | "
+                     f"{_memory_cells(r)} | {_load(r)} |")
+        continue
+      lines.append(
+          f"| {label} | {r['batch']} | {r['s_per_step']:.3g} / {r['min_s']:.3g} | "
+          f"{r['samples_per_s']:.3g} | {r['compile_s']:.0f} | "
+          f"{_fmt(r.get('gflop_per_step'), '.1f')} | {_achieved(r)} | "
+          f"{_memory_cells(r)} | {_load(r)} |")
     lines.append("")
   ip = [r for r in res if r.get("kind") == "input"]
   if ip:

@@ -106,3 +106,62 @@ def test_speak_inputs_are_the_fixtures_face_and_speech(a2h_npz):
   assert long.shape == (128, 4, 41)
   np.testing.assert_array_equal(long[t:], a2h_npz["audio/blocks"][:128 - t])
   np.testing.assert_array_equal(official_ab.speak_samples(), a2h_npz["audio/wav_int16"])
+
+
+def test_dub_contenders_are_checked():
+  with pytest.raises(ValueError, match="Weizhi-Zhong/IP_LAP"):
+    official_ab.worker_command("official-dub", None, None)
+  with pytest.raises(ValueError, match="losses\\|:noloss"):
+    official_ab.worker_command("official-dub", "fast", "/iplap")
+  for bad in ("gpu", "auto/0", "xla/two"):
+    with pytest.raises(ValueError, match="ours-dub"):
+      official_ab.worker_command("ours-dub", bad, None)
+  cmd = official_ab.worker_command("ours-dub", "auto/1", None)
+  assert cmd[-4:] == ["--worker", "ours-dub", "--worker-arg", "auto/1"]
+  cmd = official_ab.worker_command("official-dub", "noloss", "/iplap")
+  assert cmd[-6:] == ["--worker", "official-dub", "--worker-arg", "noloss",
+                      "--official-dir", "/iplap"]
+
+
+def test_dub_inputs_are_what_the_official_renderer_saw(iplap_npz):
+  """Both dub workers read the fixture's template frames as cv2 does (BGR):
+  the crop of window frame 22 and the 25 reference crops, resized as the
+  official script, are the fixture's renderer inputs byte for byte."""
+  import cv2
+  x = official_ab.dub_inputs()
+  frames, boxes = x["frames_bgr"], x["boxes"]
+  assert frames.shape == (100, 256, 256, 3) and frames.dtype == np.uint8
+  np.testing.assert_array_equal(x["mesh131"], iplap_npz["frames/mesh131"])
+  np.testing.assert_array_equal(x["mel_chunks"], iplap_npz["audio/mel_chunks"])
+  assert len(x["nl_refs"]) == 15 and len(x["img_refs"]) == 25
+
+  def crop(f):
+    y1, y2, x1, x2 = boxes[f]
+    return cv2.resize(frames[f][y1:y2, x1:x2], (128, 128)).transpose(2, 0, 1)
+
+  k = official_ab.DUB_FIRST_WINDOW
+  assert list(iplap_npz["lg/window_frames"]) == list(range(k, k + 5))
+  np.testing.assert_array_equal(crop(k + 2), iplap_npz["renderer/in_face_uint8"][0, 0])
+  np.testing.assert_array_equal(np.stack([crop(f) for f in x["img_refs"]]),
+                                iplap_npz["renderer/in_ref_imgs_uint8"][0])
+
+
+def test_vgg19_stand_in_has_torchvisions_layers(tmp_path):
+  """The stand-in for torchvision's VGG19 (the official renderer's
+  perceptual loss runs it in every forward): the 37 feature layers whose
+  indices the official ``_vgg19`` names, 20,024,384 parameters; and the
+  official script's landmark order is read from its text."""
+  torch = pytest.importorskip("torch")
+  features = official_ab.vgg19_stand_in(torch).models.vgg19(pretrained=True).features
+  assert len(features) == 37
+  relus = [i for i, m in enumerate(features) if isinstance(m, torch.nn.ReLU)]
+  assert {1, 3, 6, 8, 11, 13, 15, 17, 20, 22, 24, 26, 29} <= set(relus) and len(relus) == 16
+  assert [i for i, m in enumerate(features) if isinstance(m, torch.nn.MaxPool2d)] == [
+      4, 9, 18, 27, 36]
+  assert sum(p.numel() for p in features.parameters()) == 20_024_384
+  script = tmp_path / "inference_single.py"
+  script.write_text("import os\nori_sequence_idx = [162, 127,\n  234]\nT = 5\n")
+  assert official_ab._official_sequence(str(tmp_path)) == [162, 127, 234]
+  script.write_text("T = 5\n")
+  with pytest.raises(ValueError, match="no ori_sequence_idx"):
+    official_ab._official_sequence(str(tmp_path))

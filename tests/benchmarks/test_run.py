@@ -159,3 +159,59 @@ def test_speak_row_times_the_speaker(tmp_path):
           "error: exit -9: |") in run.markdown_report(report)
   with pytest.raises(ValueError, match="unknown speak model"):
     run.speak_config("audio3head")
+
+
+def test_dub_row_and_speech_training_rows(tmp_path, monkeypatch):
+  """dub:MODEL:B times Dubber's steady-state step (5 windows' landmarks, 5
+  faces rendered and pasted back) on the IP_LAP fixture's template, stage
+  by stage; training:MODEL:B of a speech model times its trainer's step;
+  both tables place them, and rows that died still render.
+
+  The renderer's widths and 128x128 faces are fixed: at the suite's -O0
+  one frame takes seconds, so its network is replaced by a cheap stand-in
+  of the same signature here; the template, references, landmark generator
+  (1 layer), sketches and paste-back are the row's own."""
+  real = run.make_dubber
+
+  def cheap_renderer(*args, **kwargs):
+    dubber = real(*args, **kwargs)
+    dubber.render_fn = jax.jit(lambda v, face, target, refs, ref_sketches, mel:
+                               0.5 * face + 0.5 * target[:, 2])
+    return dubber
+
+  monkeypatch.setattr(run, "make_dubber", cheap_renderer)
+  out, md = tmp_path / "bench.json", tmp_path / "BENCH.md"
+  assert run.main(["--tiny", "--in-process", "--max-row-seconds", "1", "--rows",
+                   "dub:ip-lap-tiny:2,training:audio2pose-tiny:2",
+                   "--json", str(out), "--markdown", str(md), "--section", "t"]) == 0
+  report = json.loads(out.read_text())
+  r, tr = report["results"]
+  assert r["kind"] == "dub" and "error" not in r, r.get("error")
+  assert (r["frames_per_step"], r["batch"], r["window_batch"]) == (5, 2, 5)
+  assert r["references"] == {"Nl": 3, "N": 2} and r["landmark_layers"] == 1
+  assert r["frames_per_s"] == pytest.approx(5 / r["median_s"])
+  assert r["realtime_x"] == pytest.approx(r["frames_per_s"] / 25)
+  assert r["s_per_frame"] == pytest.approx(r["median_s"] / 5)
+  assert list(r["stages_s_per_frame"]) == ["landmarks", "render", "composite"]
+  assert all(v > 0 for v in r["stages_s_per_frame"].values())
+  assert r["compile_s"] >= 0 and r["first_step_s"] >= r["min_s"]
+  assert r["prediction_finite"] and r["frame_shape"] == [256, 256, 3]
+  assert tr["kind"] == "training" and "error" not in tr, tr.get("error")
+  assert (tr["stage"], tr["batch"], tr["window"]) == ("audio2pose", 2, 8)
+  assert tr["step_finite"] and tr["flops"] > 0 and tr["compile_s"] > 0
+  assert tr["samples_per_s"] == pytest.approx(2 / tr["s_per_step"])
+  text = md.read_text()
+  assert "**Visual dubbing**" in text and "**Training the speech models**" in text
+  assert "| IP_LAP at test sizes (1 layer, N = 2; tests only) | 2 |" in text
+  assert "| audio2pose at smoke sizes (tests only) | 2 |" in text
+  # The talking-head training table does not take the speech rows.
+  assert "**Training** (full step" not in text
+  report["results"] += [run._failed_row("dub:ip-lap:1", "exit -9: "),
+                        run._failed_row("training:ip-lap-renderer:2", "exit -9: ")]
+  text = run.markdown_report(report)
+  assert ("| IP_LAP 128x128 faces (released sizes: 4-layer landmark Transformer, "
+          "N = 25 references) | 1 | error: exit -9: |") in text
+  assert ("| IP_LAP renderer, full phase (128x128, 3 references, pix2pixHD D 64 "
+          "wide) | 2 | error: exit -9: |") in text
+  with pytest.raises(ValueError, match="unknown dub model"):
+    run.dub_config("wav2lip")
