@@ -65,16 +65,21 @@ def normalise(samples: np.ndarray) -> np.ndarray:
   """``(x - mean(x)) / max|x - mean(x)|`` in float64 (the official code's
   scaling of the int16 samples before every feature).
 
+  A constant signal (digital silence) stays all zeros: the official code
+  divides 0 by 0 there and its features, and so its video, turn NaN; the
+  features of silence (log energies at the filterbank's floor, no pitch)
+  are what a silent stretch inside speech gives, so the models treat it as
+  a pause in speech.
+
   Raises:
-    DataError: the signal is constant (silence): it cannot be scaled.
+    DataError: no samples at all.
   """
   x = np.asarray(samples, np.float64)
+  if not x.size:
+    raise DataError("the audio has no samples: no speech features can be computed")
   x = x - np.mean(x)
-  peak = np.max(np.abs(x)) if x.size else 0.0
-  if not peak > 0:
-    raise DataError("the audio is silent (every sample equal): no speech "
-                    "features can be computed")
-  return x / peak
+  peak = np.max(np.abs(x))
+  return x / peak if peak > 0 else x
 
 
 def frame_signal(signal: np.ndarray, sample_rate: int = 16000) -> np.ndarray:
@@ -199,7 +204,8 @@ def frame_blocks(features: np.ndarray, fps: align.Rate = 25) -> np.ndarray:
 def features_from_samples(samples: np.ndarray, *, tracker: str = "auto",
                           where: str = "speech") -> tuple[np.ndarray, str]:
   """``(rows (n, 41), tracker name)`` of 16 kHz int16 ``samples``; a
-  :class:`DataError` naming ``where`` for a signal without sound."""
+  :class:`DataError` naming ``where`` for no samples at all (digital
+  silence gives the features of silence, :func:`normalise`)."""
   name = pitch.tracker_name(tracker)
   try:
     signal = normalise(samples)

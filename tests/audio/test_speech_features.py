@@ -57,9 +57,16 @@ def test_fill_unvoiced_runs():
   assert not silent.any() and not flags.any()
 
 
-def test_silence_is_refused():
-  with pytest.raises(DataError, match="silent"):
-    sf.normalise(np.zeros(1600, np.int16))
+def test_silence_gives_finite_features_and_no_samples_is_refused():
+  # Digital silence: the features of a pause (the official code would
+  # divide by zero); no samples at all: an error.
+  np.testing.assert_array_equal(sf.normalise(np.full(1600, 7, np.int16)), 0)
+  rows, _ = sf.features_from_samples(np.zeros(16000, np.int16), tracker="yin")
+  assert rows.shape == (1 + -(-(16000 - 400) // 160), 41)
+  assert np.isfinite(rows).all()
+  assert not rows[:, -2:].any()          # no pitch, nothing voiced
+  with pytest.raises(DataError, match="no samples"):
+    sf.normalise(np.zeros(0, np.int16))
 
 
 def test_frame_blocks_drop_the_partial_frame():
@@ -93,11 +100,13 @@ def test_features_from_a_file_and_frames_at_any_rate(shared_dir, a2h_npz, tmp_pa
   spec = mel.mel_from_file(clip)
   assert spec.shape[0] == 80 and spec.shape[1] > 100
   assert -4 <= spec.min() < spec.max() <= 4
-  with pytest.raises(DataError, match="silent"):
-    silent = tmp_path / "silent.wav"
-    with wave.open(str(silent), "wb") as w:
-      w.setnchannels(1)
-      w.setsampwidth(2)
-      w.setframerate(16000)
-      w.writeframes(np.zeros(1600, "<i2").tobytes())
-    sf.features_from_file(silent)
+  # A silent file: the features of silence (no error, nothing voiced).
+  silent = tmp_path / "silent.wav"
+  with wave.open(str(silent), "wb") as w:
+    w.setnchannels(1)
+    w.setsampwidth(2)
+    w.setframerate(16000)
+    w.writeframes(np.zeros(1600, "<i2").tobytes())
+  rows, _ = sf.features_from_file(silent, tracker="yin")
+  assert len(rows) == 1 + -(-(1600 - 400) // 160) and np.isfinite(rows).all()
+  assert not rows[:, -1].any()

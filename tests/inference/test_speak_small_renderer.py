@@ -103,3 +103,12 @@ def test_a_32x32_renderer_speaks_one_frame_per_40_ms(spoken):
   np.testing.assert_array_equal(sbs[:, :, 256:512, 0], got.boxes[:t] / 255.0)
   np.testing.assert_array_equal(sbs[:, ::8, 512::8], got.frames)
 
+
+def test_silence_speaks_a_finite_video_of_the_same_length(spoken):
+  """Digital silence of the same length: the same number of frames, all
+  finite (the official code's features would be NaN)."""
+  speaker, face, samples, got = spoken
+  quiet = speaker.speak(face, np.zeros_like(samples))
+  assert quiet.frames.shape == got.frames.shape
+  assert np.isfinite(quiet.frames).all() and np.isfinite(quiet.poses).all()
+  assert np.isfinite(quiet.kp_value).all()
