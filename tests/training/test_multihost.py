@@ -121,8 +121,11 @@ def test_two_processes_match_one_stop_together_and_resume(tmp_path, vox_root):
       np.testing.assert_allclose(logged[2][k], metrics[1][k], rtol=5e-3,
                                  atol=1e-5, err_msg=k)
 
+  # A restart of both hosts restores that step's checkpoint jointly (with
+  # nothing left to train, so that the suite does not compile the step a
+  # third time; a resumed run continuing exactly is test_talking_head's).
   resumed = _run_two_processes(tmp_path, vox_root, workdir, "--max-steps",
-                               str(stopped + 1))
+                               str(stopped))
   for r in resumed:
-    assert r["trainer_step"] == stopped + 1 and r["signal"] is None
+    assert r["trainer_step"] == stopped and r["signal"] is None
     assert any(f"checkpoints/{stopped}" in n for n in r["notes"]), r["notes"]
